@@ -1,0 +1,1 @@
+"""Automatic1111 / Forge extension glue (``scripts.Script`` subclasses)."""

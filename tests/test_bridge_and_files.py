@@ -1,0 +1,117 @@
+"""The ComfyUI bridge's fallbacks and ComfyUI path, and safe file handling."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from rewardloop import bridge
+from rewardloop.fileio import OutputExistsError, UnsafeNameError, atomic_write, safe_output_path
+
+
+def test_fallbacks_without_comfyui():
+    assert not bridge.in_comfyui()
+    assert bridge.get_device() == torch.device("cpu")  # REWARDLOOP_DEVICE=cpu in tests
+    assert bridge.offload_device() == torch.device("cpu")
+    assert bridge.parse_dtype("auto", torch.device("cpu")) == torch.float32
+    with bridge.Progress(3, "x") as p:
+        p.update()
+        p.update(2)
+    assert p.n == 3
+
+
+def test_interrupt_stops_a_loop():
+    bridge.request_interrupt()
+    with pytest.raises(bridge.Interrupted):
+        with bridge.Progress(10) as p:
+            for _ in range(10):
+                p.update()
+    bridge.check_interrupt()  # the flag was consumed
+
+
+def test_uses_comfyui_services_when_present(monkeypatch, tmp_path):
+    calls = []
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.free_memory = lambda n, d: calls.append(("free", n))
+    mm.soft_empty_cache = lambda: calls.append(("empty",))
+
+    class Stop(Exception):
+        pass
+
+    state = {"stop": False}
+
+    def throw():
+        if state["stop"]:
+            raise Stop()
+
+    mm.throw_exception_if_processing_interrupted = throw
+    mm.InterruptProcessingException = Stop
+    utils = types.ModuleType("comfy.utils")
+
+    class PB:
+        def __init__(self, total, node_id=None):
+            calls.append(("pb", total))
+
+        def update(self, n):
+            calls.append(("upd", n))
+
+    utils.ProgressBar = PB
+    comfy = types.ModuleType("comfy")
+    comfy.utils = utils
+    comfy.model_management = mm
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(tmp_path / "models")
+    fp.folder_names_and_paths = {"loras": ([str(tmp_path / "models" / "loras")], {".safetensors"})}
+    fp.get_folder_paths = lambda n: fp.folder_names_and_paths[n][0]
+    fp.get_output_directory = lambda: str(tmp_path / "out")
+    for name, mod in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
+                      "folder_paths": fp}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    assert bridge.in_comfyui()
+    bridge.register_model_folders()
+    bridge.register_model_folders()  # idempotent
+    assert fp.folder_names_and_paths["sams"][0] == [str(tmp_path / "models" / "sams")]
+    assert bridge.loras_dir() == tmp_path / "models" / "loras"
+    assert bridge.output_dir() == tmp_path / "out"
+    p = bridge.Progress(2, console=False)
+    p.update()
+    assert ("pb", 2) in calls and ("upd", 1) in calls
+    state["stop"] = True
+    with pytest.raises(bridge.interrupt_exceptions()):
+        p.update()
+    bridge.offload(torch.nn.Linear(2, 2))
+    assert ("empty",) in calls
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../b", "C:\\x", "", "  ", "x/./y", "na$me"])
+def test_output_names_cannot_escape(tmp_path, bad):
+    with pytest.raises(UnsafeNameError):
+        safe_output_path(tmp_path, bad, ".safetensors")
+
+
+def test_output_names_never_overwrite_unless_asked(tmp_path):
+    p = safe_output_path(tmp_path, "people/alice", ".safetensors")
+    assert p == tmp_path / "people" / "alice.safetensors"
+    p.parent.mkdir()
+    p.write_text("old")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        safe_output_path(tmp_path, "people/alice", ".safetensors")
+    assert safe_output_path(tmp_path, "people/alice", ".safetensors", overwrite=True) == p
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as f:
+            f.write("new, half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    with atomic_write(target, "w") as f:
+        f.write("new")
+    assert target.read_text() == "new"

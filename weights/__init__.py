@@ -1,0 +1,1 @@
+"""Model registry (catalogue, resolution, download), safe loading, the shared model cache and tiny models."""

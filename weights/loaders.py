@@ -1,0 +1,273 @@
+"""Loaders for every model kind, all through the registry and the shared cache.
+
+Each loader takes a catalogue key, a name inside the kind's ComfyUI folder, or a path, and returns a
+:class:`ModelHandle` (what loader nodes pass along the graph). Models are loaded on the CPU (or the device
+asked for) and cached by (kind, path, dtype, device); callers move them with ``bridge.to_device_for_use``
+and give memory back with ``bridge.offload``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import bridge
+from .cache import cached
+from .registry import Resolved, resolve
+from .safe_load import load_state_dict
+
+log = logging.getLogger("rewardloop")
+
+
+@dataclass
+class ModelHandle:
+    kind: str
+    name: str
+    path: Path
+    model: Any
+    processor: Any = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # shown in ComfyUI tooltips / errors
+        return f"<{self.kind} {self.name} {str(self.dtype).replace('torch.', '')} on {self.device}>"
+
+
+def _resolve(name: str | os.PathLike, folder: str) -> Resolved:
+    return resolve(name, folder=folder)
+
+
+def _dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
+    device = torch.device(device) if device else bridge.get_device()
+    dtype = bridge.parse_dtype(dtype, device)
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 matmuls are slow or missing on CPUs
+    return dtype, device
+
+
+def _hf_kwargs(dtype: torch.dtype) -> dict:
+    return {"local_files_only": True, "dtype": dtype}
+
+
+def _read_json(p: Path) -> dict:
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+# ---------------------------------------------------------------- captioners
+def load_captioner(name: str, dtype=None, device=None) -> ModelHandle:
+    r = _resolve(name, "blip")
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoProcessor
+        model_type = _read_json(r.path / "config.json").get("model_type", "")
+        if model_type == "blip":
+            from transformers import BlipForConditionalGeneration as cls
+        elif model_type == "blip-2":
+            from transformers import Blip2ForConditionalGeneration as cls
+        else:
+            from transformers import AutoModelForImageTextToText as cls
+        model = cls.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        proc = AutoProcessor.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle("captioner", str(name), r.path, model, proc, dtype, device, {"model_type": model_type})
+
+    return cached("captioner", r.path, load, dtype, device)
+
+
+# ---------------------------------------------------------------- text encoders
+def is_sentence_transformers_dir(path: Path) -> bool:
+    return (path / "modules.json").is_file() or (path / "1_Pooling").is_dir()
+
+
+def load_text_encoder(name: str, dtype=None, device=None) -> ModelHandle:
+    """A CLIP model folder (text tower used) or a sentence-transformers folder (mean pooling)."""
+    r = _resolve(name, "clip")
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoTokenizer
+        if is_sentence_transformers_dir(r.path):
+            from transformers import AutoModel
+            pool = _read_json(r.path / "1_Pooling" / "config.json")
+            modules = json.dumps(_read_json(r.path / "modules.json")) if (r.path / "modules.json").is_file() else ""
+            model = AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+            tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
+            return ModelHandle("text_encoder", str(name), r.path, model, tok, dtype, device, {
+                "family": "sentence", "pooling": "cls" if pool.get("pooling_mode_cls_token") else "mean",
+                "normalize": "Normalize" in modules})
+        from transformers import CLIPModel
+        model = CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle("text_encoder", str(name), r.path, model, tok, dtype, device, {"family": "clip"})
+
+    return cached("text_encoder", r.path, load, dtype, device)
+
+
+def load_clip(name: str, dtype=None, device=None) -> ModelHandle:
+    """A full CLIP model (image + text) with its processor, for zero-shot labels."""
+    r = _resolve(name, "clip")
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoProcessor, CLIPModel
+        model = CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        proc = AutoProcessor.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle("clip", str(name), r.path, model, proc, dtype, device)
+
+    return cached("clip", r.path, load, dtype, device)
+
+
+# ---------------------------------------------------------------- LLM
+def _cache_root() -> Path:
+    return Path(os.environ.get("REWARDLOOP_CACHE", Path.home() / ".cache" / "rewardloop"))
+
+
+def gguf_to_hf_dir(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into an fp16 safetensors folder (reloads take ~1 s instead of ~20 s)."""
+    st = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = _cache_root() / "gguf" / f"{gguf.stem}-{tag}"
+    if (out / ".complete").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("Converting %s to a transformers folder (once) at %s", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
+                                             dtype=torch.float32)
+    cfg = m.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    clean = type(m)(cfg)
+    clean.load_state_dict(m.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    clean.to(torch.float16).save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / ".complete").write_text("ok")
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_llm(name: str, dtype=None, device=None) -> ModelHandle:
+    """Any HF causal chat LM folder, or a ``.gguf`` file (dequantised once through transformers + gguf)."""
+    r = _resolve(name, "LLM")
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        path = gguf_to_hf_dir(r.path) if r.path.suffix.lower() == ".gguf" else r.path
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, **_hf_kwargs(dtype)).to(device).eval()
+        return ModelHandle("llm", str(name), r.path, model, tok, dtype, device, {"hf_dir": path})
+
+    return cached("llm", r.path, load, dtype, device)
+
+
+# ---------------------------------------------------------------- ViT / DINO / T5
+def load_vision_encoder(name: str, folder: str = "dino", dtype=None, device=None, kind: str = "dino") -> ModelHandle:
+    r = _resolve(name, folder)
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        proc = AutoImageProcessor.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle(kind, str(name), r.path, model, proc, dtype, device)
+
+    return cached(kind, r.path, load, dtype, device)
+
+
+def load_dino(name: str, dtype=None, device=None) -> ModelHandle:
+    return load_vision_encoder(name, "dino", dtype, device, "dino")
+
+
+def load_t5(name: str, folder: str = "rich_feedback", dtype=None, device=None) -> ModelHandle:
+    r = _resolve(name, folder)
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from transformers import AutoTokenizer, T5ForConditionalGeneration
+        model = T5ForConditionalGeneration.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle("t5", str(name), r.path, model, tok, dtype, device)
+
+    return cached("t5", r.path, load, dtype, device)
+
+
+# ---------------------------------------------------------------- SAM
+def sam_config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """Infer segment-anything sizes (ViT-B/L/H or any tiny variant) from the weights themselves."""
+    try:
+        embed_dim, _, patch, _ = sd["image_encoder.patch_embed.proj.weight"].shape
+        pos = sd["image_encoder.pos_embed"].shape  # [1, H/p, W/p, C]
+        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
+        head_dim = sd["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+        grid = pos[1]
+        global_idx = tuple(i for i in range(depth)
+                           if sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] == 2 * grid - 1)
+        local = [i for i in range(depth) if i not in global_idx]
+        window = (sd[f"image_encoder.blocks.{local[0]}.attn.rel_pos_h"].shape[0] + 1) // 2 if local else 14
+        out_chans = sd["image_encoder.neck.0.weight"].shape[0]
+        dec_depth = 1 + max(int(m.group(1)) for k in sd
+                            if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k)))
+        mlp_dim = sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
+        mask_in = sd["prompt_encoder.mask_downscaling.3.weight"].shape[0]
+        iou_hidden = sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as e:
+        raise ValueError(f"Not a segment-anything SAM checkpoint (missing or odd key: {e}).") from None
+    return dict(embed_dim=int(embed_dim), depth=depth, num_heads=int(embed_dim) // int(head_dim),
+                img_size=int(grid * patch), patch_size=int(patch), window_size=int(window),
+                global_attn_indexes=global_idx, out_chans=int(out_chans), decoder_depth=dec_depth,
+                decoder_mlp_dim=int(mlp_dim), decoder_heads=8, mask_in_chans=int(mask_in),
+                iou_head_hidden_dim=int(iou_hidden))
+
+
+def load_sam(name: str, dtype=None, device=None) -> ModelHandle:
+    """A segment-anything checkpoint (``.pth`` or ``.safetensors``), loaded weights-only."""
+    r = _resolve(name, "sams")
+    dtype, device = _dtype_device(dtype or "fp32", device)
+
+    def load():
+        from .tiny import make_sam
+        sd = load_state_dict(r.path)
+        cfg = sam_config_from_state_dict(sd)
+        sam = make_sam(**cfg)
+        sam.load_state_dict(sd, strict=True)
+        sam = sam.to(device=device, dtype=dtype).eval()
+        variant = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(cfg["embed_dim"], "custom")
+        return ModelHandle("sam", str(name), r.path, sam, None, dtype, device, {"config": cfg, "variant": variant})
+
+    return cached("sam", r.path, load, dtype, device)
+
+
+# ---------------------------------------------------------------- Stable Diffusion (diffusers folders)
+def load_sd_pipeline(name: str, dtype=None, device=None) -> ModelHandle:
+    r = _resolve(name, "diffusers")
+    dtype, device = _dtype_device(dtype, device)
+
+    def load():
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained(r.path, local_files_only=True, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return ModelHandle("sd", str(name), r.path, pipe.to(device), None, dtype, device)
+
+    return cached("sd", r.path, load, dtype, device)
+
+
+LOADERS = {
+    "captioner": load_captioner, "text_encoder": load_text_encoder, "clip": load_clip, "llm": load_llm,
+    "dino": load_dino, "vit": lambda n, **k: load_vision_encoder(n, "rich_feedback", kind="vit", **k),
+    "t5": load_t5, "sam": load_sam, "sd": load_sd_pipeline,
+}
