@@ -12,6 +12,7 @@ CLIP_MODEL = "REWARDLOOP_CLIP"
 SAM_MODEL = "REWARDLOOP_SAM"
 LLM_MODEL = "REWARDLOOP_LLM"
 RICH_FEEDBACK_MODEL = "REWARDLOOP_RICH_FEEDBACK"
+SCORER = "REWARDLOOP_SCORER"  # a callable reward (rewards.scoring.Scorer) for ranking / auto-fix / training
 DINO_MODEL = "REWARDLOOP_DINO"
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]

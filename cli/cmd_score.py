@@ -1,0 +1,61 @@
+"""``score``: score image files with one or more rewards and print a table (or JSON)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..rewards.images import as_pil_list, broadcast_prompts
+from ..rewards.report import scores_json, scores_table
+from ..rewards.scoring import available, make_scorer, parse_model_options
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def register(sub):
+    p = sub.add_parser("score", help="score images with rewards (caption, sam_llm, rich)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--reward", action="append", required=True,
+                   help=f"reward to compute (repeatable, or comma-separated): {', '.join(available())}")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="the prompt (once for all images, or once per image in order)")
+    p.add_argument("--model", action="append", metavar="ROLE=MODEL",
+                   help="model for a role, e.g. captioner=blip-large, text_encoder=all-MiniLM-L6-v2, llm=…")
+    p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
+    p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_score)
+
+
+def collect_images(items) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"Image {p} does not exist.")
+    if not files:
+        raise ValueError("No images found: pass image files or folders with .png/.jpg/.webp files.")
+    return files
+
+
+def split_names(values) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def cmd_score(args) -> int:
+    files = collect_images(args.images)
+    images = as_pil_list(files)
+    prompts = broadcast_prompts(args.prompt if len(args.prompt) > 1 else args.prompt[0], len(images))
+    models = parse_model_options(args.model)
+    scores = []
+    for name in split_names(args.reward):
+        scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
+        scores += scorer(images, prompts)
+    if args.json:
+        print(scores_json(scores))
+    else:
+        print("\n".join(f"{i}: {f}" for i, f in enumerate(files)))
+        print(scores_table(scores))
+    return 0

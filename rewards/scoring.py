@@ -1,0 +1,67 @@
+"""Rewards by name, for the CLI, ranking, auto-fix re-scoring, trainers and the A1111 extension.
+
+A *scorer* is a callable ``scorer(images: list[PIL.Image], prompts: list[str]) -> list[RewardScores]``
+with a ``names`` attribute (the reward names it produces, e.g. ``["caption"]`` or the four RAHF scores).
+Each reward module provides ``make_scorer(models: dict[str, str], device=None, dtype=None, **options)``,
+where ``models`` maps a role (``captioner``, ``text_encoder``, ``sam``, ``clip``, ``llm``, ``rich_feedback``)
+to a catalogue key, a model-folder name or a path; roles left out take the module's light defaults.
+ComfyUI nodes pass scorers along in the ``REWARDLOOP_SCORER`` socket.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Protocol, Sequence
+
+from PIL import Image
+
+from .types import RewardScores
+
+# reward name -> "module:function" (relative to this package)
+SCORER_FACTORIES: dict[str, str] = {
+    "caption": ".caption_reward:make_scorer",
+    "sam_llm": ".sam_llm:make_scorer",
+    "rich": ".rich_feedback.predict:make_scorer",
+}
+
+
+class Scorer(Protocol):
+    names: list[str]
+
+    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[RewardScores]: ...
+
+
+class FunctionScorer:
+    """Wrap a plain function as a scorer (handy in tests and for custom rewards)."""
+
+    def __init__(self, names: list[str], fn: Callable[[Sequence[Image.Image], Sequence[str]], list[RewardScores]]):
+        self.names = list(names)
+        self._fn = fn
+
+    def __call__(self, images, prompts):
+        return self._fn(images, prompts)
+
+    def __repr__(self) -> str:
+        return f"<scorer {', '.join(self.names)}>"
+
+
+def available() -> list[str]:
+    return sorted(SCORER_FACTORIES)
+
+
+def make_scorer(name: str, models: dict[str, str] | None = None, **options) -> Scorer:
+    if name not in SCORER_FACTORIES:
+        raise ValueError(f"Unknown reward {name!r}: choose from {', '.join(available())}.")
+    mod_name, fn_name = SCORER_FACTORIES[name].split(":")
+    mod = importlib.import_module(mod_name, __package__)
+    return getattr(mod, fn_name)(models=dict(models or {}), **options)
+
+
+def parse_model_options(items: Sequence[str] | None) -> dict[str, str]:
+    """``["captioner=blip-large", "llm=/path/to/model"]`` → ``{"captioner": "blip-large", ...}``."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--model takes ROLE=MODEL (e.g. captioner=blip-large), got {item!r}.")
+        role, value = item.split("=", 1)
+        out[role.strip()] = value.strip()
+    return out
