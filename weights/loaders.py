@@ -54,7 +54,24 @@ def _dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
 
 
 def _hf_kwargs(dtype: torch.dtype) -> dict:
+    if os.environ.get("REWARDLOOP_VERBOSE_LOADS") != "1":
+        quiet_transformers()
     return {"local_files_only": True, "dtype": dtype}
+
+
+def _place(model, device: torch.device):
+    """Move a freshly loaded model to its device (asking ComfyUI to free memory first) in eval mode."""
+    return bridge.to_device_for_use(model, device).eval()
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars or load reports in node/CLI output (errors still show)."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
 
 
 def _read_json(p: Path) -> dict:
@@ -75,7 +92,7 @@ def load_captioner(name: str, dtype=None, device=None) -> ModelHandle:
             from transformers import Blip2ForConditionalGeneration as cls
         else:
             from transformers import AutoModelForImageTextToText as cls
-        model = cls.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(cls.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
         proc = AutoProcessor.from_pretrained(r.path, local_files_only=True)
         return ModelHandle("captioner", str(name), r.path, model, proc, dtype, device, {"model_type": model_type})
 
@@ -98,13 +115,13 @@ def load_text_encoder(name: str, dtype=None, device=None) -> ModelHandle:
             from transformers import AutoModel
             pool = _read_json(r.path / "1_Pooling" / "config.json")
             modules = json.dumps(_read_json(r.path / "modules.json")) if (r.path / "modules.json").is_file() else ""
-            model = AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+            model = _place(AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
             tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
             return ModelHandle("text_encoder", str(name), r.path, model, tok, dtype, device, {
                 "family": "sentence", "pooling": "cls" if pool.get("pooling_mode_cls_token") else "mean",
                 "normalize": "Normalize" in modules})
         from transformers import CLIPModel
-        model = CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
         tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
         return ModelHandle("text_encoder", str(name), r.path, model, tok, dtype, device, {"family": "clip"})
 
@@ -118,7 +135,7 @@ def load_clip(name: str, dtype=None, device=None) -> ModelHandle:
 
     def load():
         from transformers import AutoProcessor, CLIPModel
-        model = CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(CLIPModel.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
         proc = AutoProcessor.from_pretrained(r.path, local_files_only=True)
         return ModelHandle("clip", str(name), r.path, model, proc, dtype, device)
 
@@ -169,7 +186,7 @@ def load_llm(name: str, dtype=None, device=None) -> ModelHandle:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(AutoModelForCausalLM.from_pretrained(path, **_hf_kwargs(dtype)), device)
         return ModelHandle("llm", str(name), r.path, model, tok, dtype, device, {"hf_dir": path})
 
     return cached("llm", r.path, load, dtype, device)
@@ -182,7 +199,7 @@ def load_vision_encoder(name: str, folder: str = "dino", dtype=None, device=None
 
     def load():
         from transformers import AutoImageProcessor, AutoModel
-        model = AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(AutoModel.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
         proc = AutoImageProcessor.from_pretrained(r.path, local_files_only=True)
         return ModelHandle(kind, str(name), r.path, model, proc, dtype, device)
 
@@ -199,7 +216,7 @@ def load_t5(name: str, folder: str = "rich_feedback", dtype=None, device=None) -
 
     def load():
         from transformers import AutoTokenizer, T5ForConditionalGeneration
-        model = T5ForConditionalGeneration.from_pretrained(r.path, **_hf_kwargs(dtype)).to(device).eval()
+        model = _place(T5ForConditionalGeneration.from_pretrained(r.path, **_hf_kwargs(dtype)), device)
         tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
         return ModelHandle("t5", str(name), r.path, model, tok, dtype, device)
 
@@ -245,7 +262,7 @@ def load_sam(name: str, dtype=None, device=None) -> ModelHandle:
         cfg = sam_config_from_state_dict(sd)
         sam = make_sam(**cfg)
         sam.load_state_dict(sd, strict=True)
-        sam = sam.to(device=device, dtype=dtype).eval()
+        sam = _place(sam.to(dtype=dtype), device)
         variant = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(cfg["embed_dim"], "custom")
         return ModelHandle("sam", str(name), r.path, sam, None, dtype, device, {"config": cfg, "variant": variant})
 
@@ -261,6 +278,8 @@ def load_sd_pipeline(name: str, dtype=None, device=None) -> ModelHandle:
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained(r.path, local_files_only=True, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
+        bridge.free_memory(sum(bridge.model_bytes(m) for m in pipe.components.values()
+                               if isinstance(m, torch.nn.Module)), device)
         return ModelHandle("sd", str(name), r.path, pipe.to(device), None, dtype, device)
 
     return cached("sd", r.path, load, dtype, device)
