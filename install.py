@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None, runner=subprocess.check_call) -> int:
     else:
         print(f"RewardLoop install ({host}): all requirements present, nothing to install.")
     if args.download:
-        cli = import_pack().cli
+        import_pack()
+        import importlib
+        cli = importlib.import_module("rewardloop.cli")
         return cli.main(["download", "--profile", args.download] + (["--root", args.root] if args.root else []))
     return 0
 

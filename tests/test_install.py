@@ -44,3 +44,13 @@ def test_runs_as_a_script(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "nothing to install" in out.stdout
+
+
+def test_download_flag_offline_fails_with_one_line(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "install.py"), "--download", "light", "--root", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    assert out.returncode == 1
+    err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "blip-large" in err[0] and str(tmp_path) in err[0]
+    assert "Traceback" not in out.stderr

@@ -216,7 +216,7 @@ def download(key: str, root: str | os.PathLike | None = None, force: bool = Fals
             snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=list(spec.files) or None,
                               local_dir=target)
     except Exception as e:  # offline, 404, auth ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).rstrip(".")
         raise DownloadError(
             f"Could not download {spec.key} from {spec.repo_id}: {first}. Check the network (HF_HUB_OFFLINE must "
             f"be unset) or put the files into {target} by hand.") from None
