@@ -80,7 +80,8 @@ def main() -> None:
     max_diff = max(abs(a - r.values[0]) for a, r in zip(rb.values, rs))
     print(f"captioner={args.captioner} encoder={args.encoder} images={args.images} "
           f"max_new_tokens={args.max_new_tokens} device={args.device} threads={torch.get_num_threads()}")
-    print(f"batched   (1 generate call, 1 embedding pass): {tb * 1000:9.1f} ms  ({tb / args.images * 1000:.2f} ms/image)")
+    print(f"batched   (1 generate call, 1 embedding pass): {tb * 1000:9.1f} ms  "
+          f"({tb / args.images * 1000:.2f} ms/image)")
     print(f"per-image ({args.images} calls):                        {ts * 1000:9.1f} ms  "
           f"({ts / args.images * 1000:.2f} ms/image)")
     print(f"ratio per-image / batched: {ts / tb:.2f}x")

