@@ -111,7 +111,17 @@ def caption_images(captioner: ModelHandle, images: Sequence[Image.Image], prompt
         kwargs = {"images": chunk, "return_tensors": "pt"}
         if text:
             kwargs["text"] = [text] * len(chunk)
-        inputs = proc(**kwargs).to(device)
+            if family in ("chat", "other") and not _is_encoder_decoder(model):
+                kwargs["padding"] = True  # image token counts may differ per image: pad on the left
+        tok = getattr(proc, "tokenizer", None)
+        old_side = getattr(tok, "padding_side", None)
+        if kwargs.get("padding") and tok is not None:
+            tok.padding_side = "left"
+        try:
+            inputs = proc(**kwargs).to(device)
+        finally:
+            if tok is not None and old_side is not None:
+                tok.padding_side = old_side
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         input_ids = inputs["input_ids"].clone() if "input_ids" in inputs else None  # BLIP edits it in place

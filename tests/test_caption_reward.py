@@ -394,3 +394,46 @@ def test_real_minilm_matches_sentence_transformers(models_root):
     ref = st.SentenceTransformer(str(enc.path), device="cpu").encode(texts, convert_to_tensor=True,
                                                                       normalize_embeddings=True)
     assert torch.allclose(similarity.embed_texts(enc, texts, batch_size=2), ref.cpu().float(), atol=1e-5)
+
+
+def _build_tiny_llava(out):
+    """A tiny LLaVA-style chat captioner (any HF image-text-to-text folder), built only for this test."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from rewardloop.weights.tiny import bpe_tokenizer
+    tok = bpe_tokenizer(extra_special=("<image>",))
+    tok.chat_template = (
+        "{% for m in messages %}<s>{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        "<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+    torch.manual_seed(7)
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
+    LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                   tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, chat_template=tok.chat_template).save_pretrained(out)
+
+
+def test_chat_image_text_to_text_captioner(models, models_root, image_batch):
+    out = models_root / "blip" / "tiny-llava-test"
+    if not out.exists():
+        _build_tiny_llava(out)
+    (cap,) = NODES["RewardLoopCaptionerLoader"]().load("tiny-llava-test", "fp32", "cpu")
+    assert type(cap.model).__name__ == "LlavaForConditionalGeneration"
+    assert caption_prompt(cap, "short") and "detail" in caption_prompt(cap, "detailed")
+    rng = np.random.RandomState(5)
+    ims = [Image.fromarray((rng.rand(30 + 7 * i, 40, 3) * 255).astype("uint8")) for i in range(3)]
+    for mode in ("short", "detailed"):
+        batched = cr.caption(cap, ims, mode, max_new_tokens=6, batch_size=3)
+        assert batched == [cr.caption(cap, [im], mode, max_new_tokens=6)[0] for im in ims]
+        assert not any("user:" in c or "Describe" in c or "assistant" in c for c in batched), batched
+    s = cr.caption_reward(cap, load_text_encoder("tiny-minilm", device="cpu"), image_batch(2), "a cat",
+                          max_new_tokens=4)
+    assert len(s) == 2 and all(-1 <= v <= 1 for v in s.values)
