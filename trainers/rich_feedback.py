@@ -327,7 +327,10 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
 
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
+          "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                    float(cached)]}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -336,7 +339,8 @@ def _rng_state() -> dict:
 def _set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
     random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    kind, keys, pos, has_gauss, cached = st["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -447,7 +451,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, losses = 0, []
     if resume_dir is not None:
-        st = torch.load(resume_dir / "state.pt", map_location="cpu", weights_only=False)
+        st = torch.load(resume_dir / "state.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         step, losses = int(st["step"]), list(st.get("losses", []))

@@ -1,7 +1,7 @@
 """Convert the first author's public RAHF checkpoint (github.com/youweiliang/RichHF) into our model folder.
 
 The released file is a plain PyTorch ``state_dict`` of the re-implementation's ``RAHF`` module
-(``torch.save(model.state_dict())``; loaded there with ``model.load_state_dict(torch.load(...))``). Its key
+(``torch.save(model.state_dict())``, read back there into ``RAHF.load_state_dict``). Its key
 names follow that module's attributes, read from the public ``model.py`` (facts only, no code copied):
 
 * ``vit.*``: a transformers ``ViTModel`` (``google/vit-large-patch16-384``, created with its pooling layer;
