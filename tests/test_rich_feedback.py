@@ -282,6 +282,9 @@ def test_heatmap_metrics_hand_computed():
     # fixations on 0.1 and 0.4 -> normalised 0 and .375: ROC (0,0) (.5,.5) (1,1) -> 0.5
     assert M.auc_judd(P, np.array([[1, 0], [1, 0]]), jitter=False) == pytest.approx(0.5)
     assert M.auc_judd(P, G, jitter=True) == pytest.approx(1.0)            # seeded jitter: deterministic
+    # ties without jitter: a perfect binary prediction is 1; its inverse has one threshold (at the minimum)
+    # whose ROC point is (1, 1), so Judd's curve is the diagonal: 0.5
+    assert M.auc_judd(G, G, jitter=False) == 1.0 and M.auc_judd(1 - G, G, jitter=False) == 0.5
 
 
 def test_heatmap_metrics_edge_cases():

@@ -14,7 +14,8 @@ Heatmaps, per image then averaged (maps in 0..1, any size, prediction and GT the
   normalised) prediction values at the fixations, ROC integrated with trapezoids. The re-implementation adds
   random 1e-7 jitter to break ties; we use a seeded jitter (deterministic) and return 0.5 (chance) for a
   constant prediction. Its false-positive count uses ``above - i`` with a 0-based ``i`` (a MATLAB port
-  off-by-one); we count the non-fixation pixels above the threshold exactly (``above - (i+1)``).
+  off-by-one); we count fixations and non-fixation pixels at or above each threshold exactly, which also
+  keeps tied values (e.g. a binary prediction without jitter) correct.
 
 Misaligned keywords: the generated tagged sequence is compared word by word with the GT tagged sequence (a
 predicted word that does not equal the GT word at its position is an error); precision / recall / F1 of the
@@ -131,12 +132,12 @@ def auc_judd(pred, gt, jitter: bool = True, seed: int = 0) -> float:
     n_pix, n_fix = s.size, int(fix.sum())
     if n_fix == n_pix:
         return float("nan")
-    th = np.sort(s[fix])[::-1]
-    s_sorted = np.sort(s)
-    above = n_pix - np.searchsorted(s_sorted, th, side="left")     # pixels with value >= threshold
-    i = np.arange(1, n_fix + 1)
-    tp = np.concatenate([[0.0], i / n_fix, [1.0]])
-    fp = np.concatenate([[0.0], (above - i) / (n_pix - n_fix), [1.0]])
+    fix_sorted = np.sort(s[fix])
+    th = fix_sorted[::-1]
+    above = n_pix - np.searchsorted(np.sort(s), th, side="left")             # pixels >= threshold
+    fix_above = n_fix - np.searchsorted(fix_sorted, th, side="left")         # fixations >= threshold
+    tp = np.concatenate([[0.0], fix_above / n_fix, [1.0]])
+    fp = np.concatenate([[0.0], (above - fix_above) / (n_pix - n_fix), [1.0]])
     return float(np.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2.0))
 
 
