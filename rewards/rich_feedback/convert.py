@@ -187,7 +187,8 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], vit_heads: int | None = 
     gated = "t5.encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
     wi = sd["t5.encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"]
     lm = sd.get("t5.lm_head.weight")
-    tied = lm is None or torch.equal(lm, sd["t5.shared.weight"])
+    shared = sd["t5.shared.weight"]
+    tied = lm is None or (lm.shape == shared.shape and (lm.is_meta or torch.equal(lm, shared)))
     t5 = dict(vocab_size=vocab, d_model=d_model,
               d_kv=int(sd["t5.encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]) // heads,
               d_ff=int(wi.shape[0]), num_layers=_count(sd, r"t5\.encoder\.block\.(\d+)\."),
