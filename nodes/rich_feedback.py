@@ -20,7 +20,9 @@ class RewardLoopRichFeedbackLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        choices = model_choices("rich_feedback", ("rich_feedback",))
+        from ..weights.catalogue import CATALOGUE
+        other = {s.name for s in CATALOGUE if s.folder == "rich_feedback" and s.kind != "rich_feedback"}
+        choices = [c for c in model_choices("rich_feedback", ("rich_feedback",)) if c not in other]  # no tiny-vit/t5
         return {"required": {
             "model": (choices, {"default": choices[0], "tooltip": "RAHF model folder in models/rich_feedback "
                                 "(convert the RichHF checkpoint with `python -m rewardloop convert-rich-feedback`, "
