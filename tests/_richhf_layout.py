@@ -11,9 +11,14 @@ from torch import nn
 
 
 class _Scale(nn.Module):
+    """RMS norm over channels (mean of squares, eps 1e-8, no mean subtraction, no bias), times ``scale``."""
+
     def __init__(self, c):
         super().__init__()
         self.scale = nn.Parameter(torch.randn(c, 1, 1))
+
+    def forward(self, x):
+        return x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt() * self.scale
 
 
 def _conv(a, b):
@@ -33,6 +38,13 @@ class RefHeatmap(nn.Module):
             c = o
         self.last_conv1, self.last_conv2 = _conv(c, last), _conv(last, 1)
 
+    def forward(self, x):   # documented order: stem; per stage x = relu(deconv(x) + block(deconv(x))); outputs
+        x = self.conv_layers(x)
+        for up, block in zip(self.deconv_layers, self.conv_layers2):
+            x = up(x)
+            x = torch.relu(x + block(x))
+        return torch.sigmoid(self.last_conv2(torch.relu(self.last_conv1(x))))[:, 0]
+
 
 class RefScore(nn.Module):
     def __init__(self, cin, convs, fc, grid):
@@ -44,6 +56,9 @@ class RefScore(nn.Module):
         self.conv_layers = nn.Sequential(*layers)
         self.linear_layers = nn.Sequential(nn.Linear(c * grid * grid, fc[0]), nn.ReLU(), nn.Linear(fc[0], fc[1]),
                                            nn.ReLU(), nn.Linear(fc[1], 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.linear_layers(self.conv_layers(x).flatten(1))[:, 0]
 
 
 class RefRAHF(nn.Module):

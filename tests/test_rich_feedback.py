@@ -143,6 +143,30 @@ def test_converter_key_mapping(multi_head):
         C.map_key("something_else.weight")
 
 
+def test_converted_heads_compute_what_the_reference_heads_compute():
+    """Weights moved by the key table land in layers with the same role: same outputs on the same input."""
+    from _richhf_layout import RefRAHF
+
+    from rewardloop.rewards.rich_feedback import convert as C
+    from rewardloop.rewards.rich_feedback.model import HeatmapHead, ScoreHead
+    cfg = _conv_cfg().resolved()
+    torch.manual_seed(3)
+    ref = RefRAHF(cfg, True)
+    hm = HeatmapHead(32, cfg.heatmap_stem, cfg.heatmap_up, cfg.heatmap_last, cfg.image_size)
+    sc = ScoreHead(32, cfg.score_convs, cfg.score_fc, cfg.grid)
+    pre_h, pre_s = "heatmap_heads.misalignment.", "score_heads.aesthetics."
+    sd = {C.map_key("heatmap_predictor.misalignment." + k): v
+          for k, v in ref.heatmap_predictor["misalignment"].state_dict().items()}
+    hm.load_state_dict({k[len(pre_h):]: v for k, v in sd.items()}, strict=True)
+    sd = {C.map_key("score_predictor.aesthetics." + k): v
+          for k, v in ref.score_predictor["aesthetics"].state_dict().items()}
+    sc.load_state_dict({k[len(pre_s):]: v for k, v in sd.items()}, strict=True)
+    x = torch.randn(2, 32, cfg.grid, cfg.grid)
+    with torch.no_grad():
+        assert torch.allclose(hm(x), ref.heatmap_predictor["misalignment"](x), atol=1e-6)
+        assert torch.allclose(sc(x), ref.score_predictor["aesthetics"](x), atol=1e-6)
+
+
 def test_convert_checkpoint_file_and_cli(tiny, models_root, tmp_path, capsys):
     from _richhf_layout import richhf_state_dict
 
