@@ -280,6 +280,33 @@ def test_trainer_grad_accum_and_augmented(tiny, tmp_path):
                           mixed_precision="fp16", cpu=True))
 
 
+def test_images_and_prompts_from_pickapic_parquet(tmp_path):
+    """Pick-a-Pic v1 layout: image_0_uid/jpg_0, image_1_uid/jpg_1, caption (skips without pyarrow)."""
+    pa = pytest.importorskip("pyarrow")
+    import io
+
+    import pyarrow.parquet as pq
+
+    from rewardloop.trainers.rich_feedback import ImageSource
+
+    def jpg(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 12), colour).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    table = pa.table({"image_0_uid": ["u0", "u2"], "image_1_uid": ["u1", "u3"],
+                      "jpg_0": [jpg((255, 0, 0)), jpg((0, 0, 255))], "jpg_1": [jpg((0, 255, 0)), jpg((9, 9, 9))],
+                      "caption": ["a red thing", "a blue thing"]})
+    pq.write_table(table, tmp_path / "shard.parquet")
+    src = ImageSource(parquet=[str(tmp_path / "shard.parquet")], uids={"u1", "u2"})
+    assert set(src.blobs) == {"u1", "u2"}
+    assert src.prompt("u1") == "a red thing" and src.prompt("u2") == "a blue thing" and src.prompt("u0") is None
+    im = src.image("u1")
+    assert im.size == (16, 12) and im.getpixel((8, 6))[1] > 200
+    with pytest.raises(FileNotFoundError, match="u0"):
+        src.image("u0")
+
+
 # ---------------------------------------------------------------- metrics (hand-computed)
 P = np.array([[0.1, 0.9], [0.4, 0.2]])
 G = np.array([[0.0, 1.0], [1.0, 0.0]])

@@ -142,7 +142,9 @@ class ImageSource:
             raise RuntimeError("Reading Pick-a-Pic parquet shards needs pyarrow: pip install pyarrow "
                                "(or export the images to a folder as <uid>.png / <uid>.jpg).") from e
         for f in files:
-            table = pq.read_table(f, columns=None)
+            wanted = ["image_0_uid", "image_1_uid", "jpg_0", "jpg_1", "caption"]
+            names = set(pq.ParquetFile(f).schema_arrow.names)
+            table = pq.read_table(f, columns=[c for c in wanted if c in names])   # only what we use
             cols = set(table.column_names)
             for side in ("0", "1"):
                 uc, jc = f"image_{side}_uid", f"jpg_{side}"
