@@ -103,6 +103,7 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("tiny-t5", "t5", "rich_feedback", "tiny-t5", source="tiny", license="test only"),
     ModelSpec("tiny-sam", "sam", "sams", "tiny_sam.pth", layout="file", source="tiny", license="test only"),
     ModelSpec("tiny-sd", "sd", "diffusers", "tiny-sd", source="tiny", license="test only"),
+    ModelSpec("tiny-rahf", "rich_feedback", "rich_feedback", "tiny-rahf", source="tiny", license="test only"),
 )
 
 PROFILES = {

@@ -289,4 +289,10 @@ LOADERS = {
     "captioner": load_captioner, "text_encoder": load_text_encoder, "clip": load_clip, "llm": load_llm,
     "dino": load_dino, "vit": lambda n, **k: load_vision_encoder(n, "rich_feedback", kind="vit", **k),
     "t5": load_t5, "sam": load_sam, "sd": load_sd_pipeline,
+    "rich_feedback": lambda n, **k: _load_rich_feedback(n, **k),
 }
+
+
+def _load_rich_feedback(name, **kw):
+    from ..rewards.rich_feedback.model import load_rich_feedback
+    return load_rich_feedback(name, **kw)

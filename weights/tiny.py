@@ -292,8 +292,14 @@ def build_sd(out: Path) -> Path:
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
     "tiny-llm": build_llm, "tiny-dino": build_dino, "tiny-vit": build_vit, "tiny-t5": build_t5,
-    "tiny-sam": build_sam, "tiny-sd": build_sd,
+    "tiny-sam": build_sam, "tiny-sd": build_sd, "tiny-rahf": lambda out: build_rahf(out),
 }
+
+
+def build_rahf(out: Path) -> Path:
+    """A tiny RAHF folder (tiny-vit + tiny-t5 sizes) in RewardLoop's rich-feedback format."""
+    from ..rewards.rich_feedback.model import build_tiny_rahf
+    return build_tiny_rahf(out)
 
 
 def build(key: str, root: str | os.PathLike) -> Path:
