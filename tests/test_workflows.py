@@ -275,3 +275,18 @@ def test_tiny_plan_apply(tmp_path):
         tiny_run.apply(_base(), {"set": {"9": {"x": 1}}}, {})
     with pytest.raises(KeyError, match="alias"):
         tiny_run.apply(_base(), {"set": {"1": {"ckpt_name": "@vae"}}}, {})
+
+
+def test_preview_png_is_rendered(tmp_path, specs):
+    from rewardloop.workflows.preview import render
+    png = render(graph.api_to_ui(_base(), specs), tmp_path / "p" / "demo.png", title="demo", specs=specs)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    with pytest.raises(ValueError, match="no nodes"):
+        render({"nodes": [], "links": []}, tmp_path / "empty.png")
+
+
+def test_every_ui_workflow_has_a_preview():
+    for ui in UI_FILES:
+        assert (WF / "previews" / (ui.stem + ".png")).is_file(), \
+            f"render it: python -m rewardloop workflows --previews ({ui.name})"

@@ -26,7 +26,7 @@ def render(api_path: Path, specs: dict) -> str:
 
 
 def convert_all(folder: str | Path = WORKFLOWS_DIR, check: bool = False, core_path=None,
-                out=print) -> int:
+                out=print, previews: bool = False) -> int:
     """Write (or with ``check`` compare) every UI file; validate all workflow files. Returns the problem count."""
     from ..fileio import atomic_write_text
     folder = Path(folder)
@@ -51,6 +51,11 @@ def convert_all(folder: str | Path = WORKFLOWS_DIR, check: bool = False, core_pa
             out(f"wrote   {target.name}")
         else:
             out(f"same    {target.name}")
+        if previews:
+            from .preview import render as render_png
+            png = render_png(json.loads(text), folder / "previews" / (target.stem + ".png"), title=target.stem,
+                             specs=specs)
+            out(f"preview previews/{png.name}")
     for ui in ui_files(folder):
         for e in validate_file(ui, specs):
             problems += 1
@@ -64,10 +69,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--folder", default=str(WORKFLOWS_DIR), help="workflows folder (default: the pack's)")
     ap.add_argument("--check", action="store_true", help="write nothing; fail when a UI file is stale/invalid")
     ap.add_argument("--core-nodes", default=None, help="core node specs (default: tests/data/core_nodes.json)")
+    ap.add_argument("--previews", action="store_true", help="also render workflows/previews/<use>.png")
 
 
 def run(args) -> int:
-    n = convert_all(args.folder, check=args.check, core_path=args.core_nodes)
+    n = convert_all(args.folder, check=args.check, core_path=args.core_nodes,
+                    previews=bool(getattr(args, "previews", False)) and not args.check)
     if n:
         print(f"{n} problem(s)", file=sys.stderr)
     return 1 if n else 0
