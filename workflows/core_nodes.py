@@ -25,9 +25,20 @@ KEEP = [
     "MaskToImage", "ImageToMask", "GrowMask", "InvertMask", "SolidMask", "ThresholdMask", "FeatherMask",
     "MaskComposite", "CropMask", "PreviewAny", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
     "PrimitiveStringMultiline", "PrimitiveBoolean", "StringConcatenate", "LoadImageOutput",
+    "ImageScaleToTotalPixels", "LatentFromBatch", "LatentComposite", "LatentCompositeMasked", "LatentBatch",
+    "ConditioningSetMask", "ConditioningAverage", "ConditioningConcat", "ConditioningZeroOut",
+    "ConditioningSetArea", "UpscaleModelLoader", "ImageUpscaleWithModel", "CLIPLoader", "UNETLoader",
+    "DualCLIPLoader", "ImageStitch", "SplitImageWithAlpha", "JoinImageWithAlpha", "ImageSharpen", "Morphology",
+    "MaskPreview", "SaveLatent", "LoadLatent", "ModelSamplingDiscrete", "ImageQuantize", "ImageRotate",
+    "ImageFlip", "ResizeAndPadImage", "GetImageSize", "ImageAddNoise", "RebatchImages", "RebatchLatents",
+    "ImageColorToMask", "StringReplace", "StringLength", "ControlNetLoader", "ControlNetApplyAdvanced",
+    "CLIPVisionLoader", "CLIPVisionEncode", "TrainLoraNode", "SaveLoRANode", "LoraModelLoader", "LossGraphNode",
+    "LoraSave",
 ]
 FILE_INPUTS = {"ckpt_name": "checkpoints", "lora_name": "loras", "vae_name": "vae", "image": "input",
-               "config_name": "configs"}
+               "config_name": "configs", "clip_name": "text_encoders", "clip_name1": "text_encoders",
+               "clip_name2": "text_encoders", "unet_name": "diffusion_models", "model_name": "upscale_models",
+               "control_net_name": "controlnet", "latent": "input", "existing_lora": "loras"}
 KEEP_OPTS = {"default", "min", "max", "step", "round", "multiline", "forceInput", "image_upload",
              "control_after_generate", "multi_select", "lazy", "rawLink", "options"}
 
@@ -38,9 +49,10 @@ def _trim_entry(node: str, name: str, entry):
         else {}
     opts = {k: v for k, v in opts.items() if k in KEEP_OPTS}
     is_combo = isinstance(t, list) or t == "COMBO"
-    if is_combo and name in FILE_INPUTS:
+    choices = t if isinstance(t, list) else opts.get("options", [])
+    if is_combo and (name in FILE_INPUTS or not choices):  # file lists (empty in a bare ComfyUI)
         keep = {k: v for k, v in opts.items() if k in ("image_upload",)}
-        return [[], {**keep, "files": FILE_INPUTS[name]}]
+        return [[], {**keep, "files": FILE_INPUTS.get(name, name)}]
     if t == "COMBO":  # new-style combo: normalise to the classic [choices, opts]
         return [list(opts.pop("options", [])), opts]
     return [t, opts]

@@ -24,6 +24,8 @@ WORKFLOWS_DIR = Path(__file__).resolve().parent
 CORE_NODES_PATH = PACK_ROOT / "tests" / "data" / "core_nodes.json"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# editor-only nodes: they exist in UI files but never reach the server (no /object_info entry)
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a "control after generate" widget value after these
 
 
@@ -295,6 +297,8 @@ def validate_ui(ui: dict, specs: dict[str, dict]) -> list[str]:
     for nid, node in nodes.items():
         spec = specs.get(node.get("type"))
         where = f"node {nid} ({node.get('type')})"
+        if node.get("type") in VIRTUAL_NODES:
+            continue
         if spec is None:
             errs.append(f"{where}: unknown node type {node.get('type')!r} (not a RewardLoop node nor in "
                         "core_nodes.json)")
