@@ -192,12 +192,11 @@ def object_info(comfy):
 
 
 def test_pack_loaded_without_import_errors(comfy, object_info):
-    text = comfy.log.read_text(errors="replace")
-    assert "IMPORT FAILED" not in text or PACK_FOLDER not in text.split("IMPORT FAILED")[0].splitlines()[-1], \
-        comfy.log_tail()
-    assert f"Cannot import {comfy.models_root.parent / 'custom_nodes' / PACK_FOLDER}" not in text, comfy.log_tail()
-    from rewardloop.nodes import IMPORT_ERRORS
-    assert IMPORT_ERRORS == {}, IMPORT_ERRORS
+    lines = comfy.log.read_text(errors="replace").splitlines()
+    bad = [ln for ln in lines if PACK_FOLDER in ln and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
+    bad += [ln for ln in lines if "RewardLoop: nodes." in ln and "not loaded" in ln]  # nodes/__init__ isolation
+    assert not bad, "\n".join(bad) + "\n" + comfy.log_tail()
+    assert any(PACK_FOLDER in ln for ln in lines), "the pack was not even attempted:\n" + comfy.log_tail()
 
 
 def test_object_info_lists_every_node_with_its_inputs(object_info):
