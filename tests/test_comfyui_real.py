@@ -181,9 +181,11 @@ def comfy(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=20)
-        summary = tmp / "summary.txt"
-        summary.write_text(server.log_tail(200))
-        print(f"\nComfyUI log: {log}")
+        keep = os.environ.get("COMFYUI_LOG_COPY")  # e.g. to keep the log after pytest cleans its tmp dirs
+        if keep:
+            import shutil
+            shutil.copyfile(log, keep)
+        print(f"\nComfyUI log: {log}" + (f" (copied to {keep})" if keep else ""))
 
 
 @pytest.fixture(scope="module")
