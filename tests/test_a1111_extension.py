@@ -6,6 +6,7 @@ What these tests do NOT cover (no WebUI here): the real gradio layout, the real 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -329,7 +330,7 @@ def test_pack_import_never_pulls_gradio_or_webui_modules():
             "bad = [m for m in ('gradio', 'modules', 'modules.scripts') if m in sys.modules]; "
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT.parent)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     assert out.returncode == 0, out.stderr[-2000:]
 
 
