@@ -372,3 +372,32 @@ def test_install_under_a1111_pip_installs_only_missing(install, monkeypatch, cap
     assert calls == [[sys.executable, "-m", "pip", "install", "surely-missing>=1"]]
     monkeypatch.setenv("COMFYUI_PATH", "/somewhere/ComfyUI")
     assert install.detect_host() == "comfyui"  # the Manager sets COMFYUI_PATH: never treated as A1111
+
+
+def test_script_loads_the_pack_from_its_extension_folder_when_not_installed():
+    """In A1111 the extension folder (any name) is not an importable ``rewardloop``: the script loads it itself."""
+    code = f"""
+import importlib.abc, importlib.util, sys, types
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "rewardloop":
+            raise ImportError("not installed")
+        return None
+sys.meta_path.insert(0, Block())
+ms = types.ModuleType("modules.scripts")
+ms.Script = type("Script", (), {{}})
+ms.AlwaysVisible = object()
+mods = types.ModuleType("modules")
+mods.scripts = ms
+sys.modules.update({{"gradio": types.ModuleType("gradio"), "modules": mods, "modules.scripts": ms}})
+spec = importlib.util.spec_from_file_location("rl_a1111", {str(ROOT / "scripts" / "rewardloop_a1111.py")!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+import rewardloop
+assert rewardloop.__file__ == {str(ROOT / "__init__.py")!r}, rewardloop.__file__
+assert mod._logic.__name__ == "rewardloop.scripts._logic" and rewardloop.NODE_CLASS_MAPPINGS
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
