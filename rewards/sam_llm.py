@@ -146,11 +146,8 @@ class SamLlmReward:
                  extra_vocabulary: Sequence[str] = (), general_vocabulary: bool = True, batch_size: int = 64,
                  keep_loaded: bool = True, **segment_kw):
         self.sam, self.llm, self.clip, self.captioner = sam, llm, clip, captioner
-        self.label_mode = label_mode or ("clip" if clip is not None else "caption")
-        if self.label_mode == "clip" and clip is None:
-            raise ValueError("Labelling with CLIP needs a CLIP model (or label_mode='caption' with a captioner).")
-        if self.label_mode == "caption" and captioner is None:
-            raise ValueError("label_mode='caption' needs a captioner.")
+        # a missing labeller is reported when labels are needed (pre-labelled segments need none)
+        self.label_mode = label_mode or ("clip" if clip is not None or captioner is None else "caption")
         if on_empty not in ("whole_image", "neutral"):
             raise ValueError(f"on_empty must be 'whole_image' or 'neutral', got {on_empty!r}.")
         self.on_empty = on_empty
@@ -210,7 +207,8 @@ class SamLlmReward:
         return [r.weighted, r.unweighted]
 
     def __repr__(self) -> str:
-        return f"<scorer sam_llm ({self.sam.name}, {self.clip.name if self.clip else self.captioner.name}, {self.llm.name})>"
+        labeller = self.clip or self.captioner
+        return f"<scorer sam_llm ({self.sam.name}, {labeller.name if labeller else 'no labeller'}, {self.llm.name})>"
 
 
 # ---------------------------------------------------------------- registry entry
