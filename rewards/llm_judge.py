@@ -277,7 +277,7 @@ class LLMJudge:
                 results[k] = hit
             else:
                 pending.append(k)
-        for j in self.forward_pairs(pending):
+        for j in (self.forward_pairs(pending) if pending else []):
             self.cache.put(self._key("logprob", j.label, j.prompt), j)
             results[(j.label, j.prompt)] = j
         return [results[(lab, pr)] for lab, pr in pairs]
