@@ -189,6 +189,14 @@ def clamp_score(v: float) -> int:
 
 
 # ---------------------------------------------------------------- the judge
+def _accepts_config(cls) -> bool:
+    import inspect
+    try:
+        return "config" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _last_logits(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
     """Next-token logits at the last position only (``logits_to_keep=1`` skips the LM head elsewhere)."""
     kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -206,6 +214,7 @@ class LLMJudge:
     max_new_tokens: int = 0        # paper mode; 0 = 24 + 8 per tag (the paper used 512)
     cache: JudgeCache = field(default_factory=lambda: JUDGE_CACHE)
     system: str = PAPER_SYSTEM
+    prefix_cache: bool = True      # run the shared template prefix once (same numbers, much less compute)
 
     def __post_init__(self):
         if self.mode not in ("logprob", "paper"):
@@ -242,11 +251,15 @@ class LLMJudge:
             for s in range(0, len(pairs), self.batch_size):
                 chunk = pairs[s:s + self.batch_size]
                 texts = [self.pair_text(lab, pr) for lab, pr in chunk]
-                enc = tok([t for t, _ in texts], return_tensors="pt", padding=True,
-                          add_special_tokens=texts[0][1]).to(device)
-                att = enc["attention_mask"]
-                pos = (att.long().cumsum(-1) - 1).clamp(min=0)
-                logits = _last_logits(model, enc["input_ids"], att, pos)
+                logits = None
+                if self.prefix_cache:
+                    logits = self._prefix_cached_logits([t for t, _ in texts], texts[0][1], device)
+                if logits is None:
+                    enc = tok([t for t, _ in texts], return_tensors="pt", padding=True,
+                              add_special_tokens=texts[0][1]).to(device)
+                    att = enc["attention_mask"]
+                    pos = (att.long().cumsum(-1) - 1).clamp(min=0)
+                    logits = _last_logits(model, enc["input_ids"], att, pos)
                 probs = logits.float().softmax(dim=-1)
                 per_digit = torch.stack([probs[:, self._digits[d]].sum(-1) for d in DIGITS], dim=-1)  # [B,3]
                 mass = per_digit.sum(-1)
@@ -259,6 +272,45 @@ class LLMJudge:
         finally:
             tok.padding_side = old_side
         return out
+
+    def _prefix_cached_logits(self, texts: list[str], special: bool, device) -> torch.Tensor | None:
+        """Shared-prefix forward: the token prefix common to all texts (the system text and instructions) runs
+        once, its key/value cache is repeated over the batch, and only the differing suffixes (left-padded
+        between prefix and suffix, masked) run batched. Returns None when not applicable (the caller then runs
+        the plain batched forward)."""
+        tok, model = self.tokenizer, self.llm.model
+        seqs = [tok(t, add_special_tokens=special)["input_ids"] for t in texts]
+        n = min(len(x) for x in seqs) - 1          # keep at least one token per sequence after the prefix
+        p = 0
+        while p < n and all(x[p] == seqs[0][p] for x in seqs):
+            p += 1
+        if p < 16:
+            return None
+        try:
+            from transformers import DynamicCache
+            prefix = torch.tensor([seqs[0][:p]], device=device)
+            cache = DynamicCache(config=model.config) if _accepts_config(DynamicCache) else DynamicCache()
+            import inspect
+            cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            b = len(seqs)
+            cache.batch_repeat_interleave(b)
+            suf = [x[p:] for x in seqs]
+            width = max(len(x) for x in suf)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            ids = torch.full((b, width), pad, dtype=torch.long)
+            att = torch.zeros(b, p + width, dtype=torch.long)
+            att[:, :p] = 1
+            for i, x in enumerate(suf):
+                ids[i, width - len(x):] = torch.tensor(x)
+                att[i, p + width - len(x):] = 1
+            pos = (att.cumsum(-1) - 1).clamp(min=0)[:, p:]
+            ids, att, pos = ids.to(device), att.to(device), pos.to(device)
+            out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
+                        **{cache_kw: cache})
+            return out.logits[:, -1]
+        except Exception:  # an architecture without a standard cache: plain forward instead
+            return None
 
     def judge_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
         """Judgements for (label, prompt) pairs; cached pairs are not recomputed, duplicates computed once."""

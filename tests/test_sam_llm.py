@@ -122,6 +122,16 @@ def test_batched_forward_equals_one_by_one(models):
         assert j.score == pytest.approx(j.probs[0] + 2 * j.probs[1] + 3 * j.probs[2])
 
 
+def test_prefix_cache_forward_equals_plain_forward(models):
+    pairs = [("cat", "a cat"), ("traffic light", "a busy city street at night"), ("sky", "a cat")]
+    plain = LLMJudge(models["llm"], cache=JudgeCache(), prefix_cache=False).forward_pairs(pairs)
+    shared = LLMJudge(models["llm"], cache=JudgeCache(), prefix_cache=True)
+    texts = [shared.pair_text(lab, pr)[0] for lab, pr in pairs]
+    assert shared._prefix_cached_logits(texts, True, torch.device("cpu")) is not None   # the fast path ran
+    for a, b in zip(plain, shared.forward_pairs(pairs)):
+        assert max(abs(x - y) for x, y in zip(a.probs, b.probs)) < 1e-5
+
+
 def test_cache_hit_on_repeated_labels(models, monkeypatch):
     cache = JudgeCache()
     judge = LLMJudge(models["llm"], cache=cache)
