@@ -74,10 +74,23 @@ def main() -> None:
     print(f"paper answers: tags scored {found}/{len(x)} (rest defaulted to 2); first answer: {answers[0][:160]!r}")
     print(f"rank agreement over pairs: Spearman {rho:.3f}, Kendall {tau:.3f} "
           f"(nan = paper scores constant)")
+    # sanity against a known answer: labels named in the prompt should score above labels that are not
+    truth = [lab in p for p in prompts for lab in labels]
+    print(f"in-prompt labels ranked above the others (AUC, 0.5 = chance): logprob {_auc(x, truth):.3f}, "
+          f"paper {_auc(y, truth):.3f}")
     for p, row in zip(prompts, got_lp):
         print(f"  {p!r}: " + ", ".join(f"{j.label}={j.score:.2f}" for j in row))
     for p, (scores, _) in zip(prompts, parsed):
         print(f"  paper {p!r}: " + ", ".join(f"{lab}={s}" for lab, s in zip(labels, scores)))
+
+
+def _auc(scores, truth) -> float:
+    pos = [s for s, t in zip(scores, truth) if t]
+    neg = [s for s, t in zip(scores, truth) if not t]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
 
 
 if __name__ == "__main__":
