@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--iou", type=float, default=0.0, help="pred_iou_thresh")
     ap.add_argument("--stability", type=float, default=0.0, help="stability_score_thresh")
+    ap.add_argument("--nms", type=float, default=0.7, help="box_nms_thresh (1.0 keeps every mask: random weights "
+                                                          "give near-identical boxes that NMS would merge)")
     args = ap.parse_args()
 
     from rewardloop.rewards.images import image_to_pil
@@ -39,7 +41,7 @@ def main() -> None:
     img[:, args.image // 4: args.image // 2, args.image // 5: args.image * 3 // 5] += 0.6
     pil = image_to_pil(img.clamp(0, 1))[0]
     common = dict(points_per_side=args.points, pred_iou_thresh=args.iou, stability_score_thresh=args.stability,
-                  max_segments=0)
+                  box_nms_thresh=args.nms, max_segments=0)
 
     with torch.no_grad():
         t = time.perf_counter()
@@ -79,7 +81,7 @@ def main() -> None:
 
     print(f"SAM ViT-B-sized random weights ({n_params / 1e6:.1f} M params), encoder input {args.img_size}, "
           f"image {args.image}x{args.image}, {args.points}x{args.points} points, thresholds iou>{args.iou} "
-          f"stability>={args.stability}, torch threads {torch.get_num_threads()}")
+          f"stability>={args.stability} nms {args.nms}, torch threads {torch.get_num_threads()}")
     print(f"image encoder alone: {enc:.2f} s")
     print(f"ours (batched):  {t_ours:.2f} s/image  ({len(ours)} masks)   runs: {[round(x, 2) for x in times['batched']]}")
     print(f"stock AMG:       {t_stock:.2f} s/image  ({len(stock)} masks)   runs: {[round(x, 2) for x in times['stock']]}")
