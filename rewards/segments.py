@@ -8,7 +8,8 @@ for throughput):
 3. ``points_per_batch`` points per prompt-encoder/mask-decoder forward, three candidate masks per point;
 4. drop candidates whose predicted IoU ≤ ``pred_iou_thresh`` *before* upsampling (it does not depend on the
    mask), upsample the rest to image size, compute the stability score (IoU of the mask thresholded at
-   ``mask_threshold ± stability_score_offset``) and drop those below ``stability_score_thresh``;
+   ``mask_threshold ± stability_score_offset``) and drop those below ``stability_score_thresh`` (a threshold
+   of 0 switches its filter off, as in the stock generator);
 5. box NMS over all surviving masks of the image (``torchvision.ops.batched_nms``, scores = predicted IoU);
 6. drop masks smaller than ``min_area`` pixels, keep the best ``max_segments`` (by predicted IoU, ties by
    stability then by grid order).
@@ -141,13 +142,15 @@ def _segment_one_batched(sam, pil: Image.Image, opt: SegmentOptions):
         low_res = low_res.flatten(0, 1).float()
         iou = iou.flatten().float()
         order = torch.arange(start * 3, start * 3 + iou.numel(), device=device)
-        keep = iou > opt.pred_iou_thresh
+        # as the stock generator: a threshold of 0 disables the filter (keeps masks with predicted IoU <= 0 too)
+        keep = iou > opt.pred_iou_thresh if opt.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
         if not keep.any():
             bridge.check_interrupt()
             continue
         logits = _upsample(sam, low_res[keep], input_size, (h, w))
         stab = stability_score(logits, thr, opt.stability_score_offset)
-        keep2 = stab >= opt.stability_score_thresh
+        keep2 = stab >= opt.stability_score_thresh if opt.stability_score_thresh > 0 else \
+            torch.ones_like(stab, dtype=torch.bool)
         kept_masks.append((logits[keep2] > thr))
         kept_iou.append(iou[keep][keep2])
         kept_stab.append(stab[keep2])
