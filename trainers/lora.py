@@ -88,6 +88,7 @@ class TrainConfig:
     center_crop: bool = True
     eval_seed: int | None = None        # when set: objective loss on a fixed draw before and after training
     timestep_range: tuple[int, int] | None = None  # (lo, hi) inclusive, default: all training timesteps
+    fixed_draw: bool = False            # every step the same batch/noise/t (overfit checks in tests)
 
     def validate(self) -> None:
         if int(self.steps) < 1:
@@ -237,7 +238,14 @@ def _finish(comps: SDComponents, dtype, device) -> SDComponents:
         if m is not None:
             m.requires_grad_(False)
             m.eval()
-    comps.to(device=device, dtype=dtype)
+    for m in (comps.unet, comps.vae, comps.text_encoder, comps.text_encoder_2):
+        if m is None:
+            continue
+        p = next(m.parameters())
+        if p.dtype != dtype:
+            m.to(dtype=dtype)
+        if p.device != device:
+            m.to(device=device)
     return comps
 
 
@@ -1065,6 +1073,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     try:
         while step < total:
             bridge.check_interrupt()
+            if train_cfg.fixed_draw:
+                generator.manual_seed(seed)
             loss_acc, mets_acc = 0.0, {}
             for _ in range(int(train_cfg.grad_accum)):
                 with accelerator.accumulate(trainer.unet_model):
