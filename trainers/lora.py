@@ -264,7 +264,8 @@ def _load_single_file(path: Path, dtype, device, config: str | os.PathLike | Non
     """Single-file checkpoint → components, offline: ``config`` (a diffusers folder) or a bundled config."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     family = _family_from_keys(_read_single_file_keys(path))
-    cfg_dir = Path(config) if config else _bundled_config(family)
+    config = config or _config_hint(path)
+    cfg_dir = _resolve_base(config) if config else _bundled_config(family)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kw: dict[str, Any] = dict(config=str(cfg_dir), local_files_only=True)
     if family != "sdxl":
@@ -285,6 +286,16 @@ def _load_single_file(path: Path, dtype, device, config: str | os.PathLike | Non
     return _finish(comps, dtype, device)
 
 
+def _config_hint(path: Path) -> str | None:
+    """A checkpoint may name its diffusers config in its metadata (the tiny test checkpoints do)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("rewardloop.diffusers_config")
+
+
 def _bundled_config(family: str) -> Path:
     d = CONFIG_DIR / family
     if not (d / "model_index.json").is_file():
@@ -297,7 +308,7 @@ def _tokenizers_for(cfg_dir: Path, family: str) -> dict:
     out = {}
     names = ["tokenizer"] + (["tokenizer_2"] if family == "sdxl" else [])
     for name in names:
-        if (cfg_dir / name / "vocab.json").is_file():
+        if (cfg_dir / name / "tokenizer_config.json").is_file():
             continue
         out[name] = find_clip_tokenizer(pad_token="!" if (family == "sd2" or name == "tokenizer_2") else None)
     return out
@@ -391,8 +402,22 @@ def _te_prefixes(components: SDComponents) -> list[tuple[str, Any]]:
     return [("lora_te_", components.text_encoder)]
 
 
+_TE_ROOTS = ("embeddings", "encoder", "final_layer_norm")
+
+
+def canonical_te_path(module_path: str) -> str:
+    """transformers 5 flattens CLIPTextModel (``encoder.layers.0…``); kohya names use ``text_model.encoder…``."""
+    head = module_path.split(".", 1)[0]
+    return "text_model." + module_path if head in _TE_ROOTS else module_path
+
+
 def kohya_name(prefix: str, module_path: str) -> str:
-    """``lora_unet_`` + ``down_blocks.1.attentions.0…to_q`` with dots → underscores (kohya / A1111 / ComfyUI)."""
+    """``lora_unet_`` + ``down_blocks.1.attentions.0…to_q`` with dots → underscores (kohya / A1111 / ComfyUI).
+
+    Text encoders: ``lora_te_text_model_encoder_layers_0_self_attn_q_proj`` (``lora_te1_``/``lora_te2_`` for SDXL).
+    """
+    if prefix.startswith("lora_te"):
+        module_path = canonical_te_path(module_path)
     return prefix + module_path.replace(".", "_")
 
 
