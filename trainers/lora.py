@@ -265,7 +265,10 @@ def _load_single_file(path: Path, dtype, device, config: str | os.PathLike | Non
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     family = _family_from_keys(_read_single_file_keys(path))
     config = config or _config_hint(path)
-    cfg_dir = _resolve_base(config) if config else _bundled_config(family)
+    if config and (CONFIG_DIR / str(config) / "model_index.json").is_file():
+        cfg_dir = CONFIG_DIR / str(config)            # a bundled config by name: sd1, sd2, sd2-base, sdxl
+    else:
+        cfg_dir = _resolve_base(config) if config else _bundled_config(family)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kw: dict[str, Any] = dict(config=str(cfg_dir), local_files_only=True)
     if family != "sdxl":
@@ -343,8 +346,9 @@ def find_clip_tokenizer(pad_token: str | None = None):
 def load_base(base: str | os.PathLike, dtype=None, device=None, config: str | os.PathLike | None = None) -> SDComponents:
     """Load a Stable Diffusion base for training: diffusers folder, catalogue key/name, or single file.
 
-    ``config``: a diffusers folder whose configs describe a single-file checkpoint (default: the configs bundled
-    in ``weights/configs/<sd1|sd2|sdxl>``, chosen from the checkpoint's keys).
+    ``config``: a diffusers folder (or a bundled config name: sd1, sd2, sd2-base, sdxl) describing a single-file
+    checkpoint; default: the bundled ``weights/configs/<sd1|sd2|sdxl>`` chosen from the checkpoint's keys
+    (SD 2.x defaults to the 768-v model; pass ``config="sd2-base"`` for the 512 epsilon model).
     """
     path = _resolve_base(base)
     if path.is_dir():
