@@ -896,7 +896,8 @@ def generate(components: SDComponents, prompts: list[str], seeds: list[int], ste
     if len(seeds) != len(prompts):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds.")
     pipe = components.pipeline()
-    default = int(components.unet.config.sample_size) * (2 ** (len(components.vae.config.block_out_channels) - 1))
+    down = 2 ** (len(components.vae.config.block_out_channels) - 1)   # 8 for SD; 2 for the tiny test VAE
+    default = int(components.unet.config.sample_size) * down
     width, height = width or default, height or default
     modules = [m for m in (components.unet, components.text_encoder, components.text_encoder_2) if m is not None]
     modes = [m.training for m in modules]
@@ -907,7 +908,8 @@ def generate(components: SDComponents, prompts: list[str], seeds: list[int], ste
         with torch.inference_mode(False), torch.no_grad():
             for p, s in zip(prompts, seeds):
                 g = torch.Generator("cpu").manual_seed(int(s))
-                latents = torch.randn((1, components.unet.config.in_channels, height // 8, width // 8), generator=g)
+                latents = torch.randn((1, components.unet.config.in_channels, height // down, width // down),
+                                      generator=g)
                 img = pipe(p, negative_prompt=negative or None, num_inference_steps=int(steps),
                            guidance_scale=float(cfg), width=width, height=height,
                            latents=latents.to(components.device, next(components.unet.parameters()).dtype),
