@@ -763,16 +763,23 @@ def sample_latents(params: torch.Tensor, trainer: Trainer, scale: float) -> torc
 
 # ====================================================================== checkpoints
 def _rng_state(gen: torch.Generator) -> dict:
-    return {"gen": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
+    """Every RNG as tensors / plain ints, so the checkpoint loads with ``torch.load(weights_only=True)``."""
+    key, pos_arr, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state(),
+            "numpy": {"key": key, "state": torch.from_numpy(pos_arr.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": [int(version), list(py_state), gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(gen: torch.Generator, st: dict) -> None:
     gen.set_state(st["gen"])
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, py_state, gauss = st["python"]
+    random.setstate((version, tuple(py_state), gauss))
     if st.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -818,7 +825,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(ck: Path, components, optimizer, lr_sched, generator, objective) -> int:
-    st = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+    st = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
     named = _trainable_named(components)
     missing = set(named) ^ set(st["params"])
     if missing:

@@ -394,6 +394,7 @@ def sd_to_ldm_state_dict(pipe) -> dict:
 def build_sd_single(out_file: Path) -> Path:
     """The tiny SD as one ``.safetensors`` in the original layout; the metadata names its diffusers config."""
     from safetensors.torch import save_file
+    build("tiny-sd", out_file.parent.parent)  # its config (named in the metadata) lives in the diffusers folder
     sd = sd_to_ldm_state_dict(make_sd_pipeline())
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out_file), metadata={"rewardloop.diffusers_config": "tiny-sd", "format": "pt"})
