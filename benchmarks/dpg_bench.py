@@ -8,7 +8,8 @@ Models (random weights, nothing downloaded):
             with a ViT-S/16-sized DINO (21.7M), at low resolution (default 64 px) — CPU-feasible.
 Each mode trains the same LoRA (rank 4, UNet attention) with batch 1 + 1 prior image (the paper's setting).
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak bytes of tensors saved for
-backward (activation memory, measured with saved-tensor hooks) — the part that differs between modes.
+backward (activation memory, measured with saved-tensor hooks, weights excluded) — the part that differs
+between modes.
 Step time: median over the measured steps (the first step is warm-up and dropped).
 """
 from __future__ import annotations
@@ -38,9 +39,16 @@ class Measured:
 
     def __call__(self, trainer, batch):
         total = [0]
+        if not hasattr(self, "_weights"):  # frozen weights saved for backward are references, not activations
+            mods = [m for m in (trainer.c.unet, trainer.c.vae, trainer.c.text_encoder) if m is not None]
+            dino = getattr(self.inner, "dino", None)
+            if dino is not None:
+                mods.append(dino.model)
+            self._weights = {p.untyped_storage().data_ptr() for m in mods for p in m.parameters()}
 
         def pack(t):
-            total[0] += t.numel() * t.element_size()
+            if t.untyped_storage().data_ptr() not in self._weights:
+                total[0] += t.numel() * t.element_size()
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
