@@ -419,8 +419,8 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name)
     bridge.free_memory(int(6 * 2 ** 30), dev)
     comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
-    if comps.vae.dtype != torch.float32 and weights.dino > 0:
-        comps.vae.to(torch.float32)  # decode in fp32 for the DINO reward
+    if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
+        comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
     class_items = []
     if num_class_images > 0 and weights.prior > 0:
         class_items = class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
