@@ -259,3 +259,20 @@ def test_kohya_names_and_ldm_layout_agree_with_comfyui_key_map(tiny, fresh_cache
     allowed = {f"lora_te_text_model_encoder_layers_{b}_self_attn_{p}" for b in range(2)
                for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
     assert set(te) == allowed
+
+
+def test_sdxl_folder_trains_and_exports_te1_te2_keys(tmp_path, fresh_cache):
+    from rewardloop.weights.tiny import make_sdxl_pipeline
+    folder = tmp_path / "tiny-sdxl"
+    make_sdxl_pipeline().save_pretrained(folder, safe_serialization=True)
+    c = L.load_base(folder, device="cpu")
+    assert c.is_sdxl and c.family == "sdxl" and c.text_encoder_2 is not None
+    data = [(im, "a photo of sks dog") for im in refs(1)]
+    res = L.train_lora(c, data, L.NoiseMSE(), L.LoraConfig(rank=2, train_text_encoder=True),
+                       L.TrainConfig(steps=2, lr=1e-3, resolution=32, save_every=0), tmp_path / "run")
+    prefixes = {k.split("_text_model")[0] for k in res.state if k.startswith("lora_te")}
+    assert prefixes == {"lora_te1", "lora_te2"}
+    assert "lora_te2_text_model_encoder_layers_1_self_attn_out_proj.lora_up.weight" in res.state
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_") for k in res.state)
+    img = L.generate(c, ["a photo of sks dog"], [0], steps=2, width=32, height=32)[0]
+    assert img.size == (32, 32)
