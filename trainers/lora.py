@@ -795,6 +795,13 @@ def _trainable_named(components: SDComponents) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def _save_rank_rng(run_dir: Path, step: int, generator: torch.Generator, rank: int) -> None:
+    """Ranks > 0 of a multi-process run keep their own noise generator next to rank 0's checkpoint."""
+    p = run_dir / "checkpoints" / f"rng_rank{rank}_step_{step:07d}.pt"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(p, lambda tmp: torch.save(generator.get_state(), tmp))
+
+
 def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, generator, objective,
                     keep: int = 2) -> Path:
     """Write ``checkpoints/step_<n>`` atomically (temp folder + rename): LoRA, optimizer, scheduler, RNG, step."""
@@ -816,6 +823,10 @@ def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, g
     done = sorted(p for p in ck_root.glob("step_*") if (p / "meta.json").is_file())
     for old in done[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    kept = {p.name for p in done[-max(1, keep):]}
+    for f in ck_root.glob("rng_rank*_step_*.pt"):  # other ranks' generators of pruned checkpoints
+        if "step_" + f.stem.split("_step_")[-1] not in kept and f.stem.split("_step_")[-1] < f"{step:07d}":
+            f.unlink(missing_ok=True)
     return final
 
 
@@ -1012,7 +1023,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
-    generator = torch.Generator("cpu").manual_seed(seed)
+    rank = accelerator.process_index  # under `accelerate launch` each process draws its own noise / timesteps
+    generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * rank)
 
     if not any(True for _ in _lora_modules(components.unet)):
         torch.manual_seed(seed)
@@ -1029,8 +1041,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                              num_warmup_steps=int(train_cfg.warmup_steps) * nproc,
                              num_training_steps=int(train_cfg.steps) * nproc)
     trainer = Trainer(components, train_cfg, accelerator, generator)
-    # DDP wrapper under `accelerate launch` with several processes; the module itself otherwise
-    trainer.unet_model = accelerator.prepare_model(components.unet) if nproc > 1 else components.unet
+    # several processes: LoRA gradients (UNet and text encoders) are averaged with accelerator.reduce below
+    trainer.unet_model = components.unet
     trainer.objective = objective
     setup = getattr(objective, "setup", None)
 
@@ -1100,6 +1112,9 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     ck = latest_checkpoint(run_dir) if resume else None
     if ck is not None:
         start_step = load_checkpoint(ck, components, optimizer, lr_sched, generator, objective)
+        rank_rng = ck.parent / f"rng_rank{rank}_step_{start_step:07d}.pt"
+        if rank > 0 and rank_rng.is_file():
+            generator.set_state(torch.load(rank_rng, weights_only=True))
         log.info("resumed from %s (step %d)", ck, start_step)
     elif not resume and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")
@@ -1145,6 +1160,10 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                         raise FloatingPointError(f"The loss became {float(loss)} at step {step + 1}: lower the "
                                                  "learning rate or use bf16/fp32.")
                     accelerator.backward(loss)
+                    if nproc > 1 and accelerator.sync_gradients:
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
                     if accelerator.sync_gradients and train_cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(params, float(train_cfg.max_grad_norm))
                     optimizer.step()
@@ -1166,6 +1185,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                 if accelerator.is_main_process:
                     save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                                     train_cfg.keep_checkpoints)
+                else:
+                    _save_rank_rng(run_dir, step, generator, rank)
             if train_cfg.sample_every and train_cfg.sample_prompts and step % int(train_cfg.sample_every) == 0:
                 samples += _save_samples(components, train_cfg, run_dir, step)
             bar({"step": step, "total": total, "loss": loss_acc, "eta_s": _eta(t0, step - start_step,
@@ -1175,6 +1196,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
             save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                             train_cfg.keep_checkpoints)
             plot_loss(log_csv, run_dir / "loss.png")
+        elif step > start_step:
+            _save_rank_rng(run_dir, step, generator, rank)
         raise
     finally:
         bar.close()
@@ -1184,6 +1207,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     if accelerator.is_main_process:
         ck_path = save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                                   train_cfg.keep_checkpoints)
+    else:
+        _save_rank_rng(run_dir, step, generator, rank)
     if train_cfg.eval_seed is not None:
         metrics_out["eval_loss_end"] = fixed_eval()
     state = lora_state_dict(components)
