@@ -261,3 +261,16 @@ def test_two_processes_under_torchrun_train_and_export_once(tiny, tmp_path, mode
     assert (models_root / "loras" / "ddp_test.safetensors").is_file()
     ck = tmp_path / "out" / "rewardloop_runs" / "ddp_test" / "checkpoints"
     assert (ck / "step_0000002").is_dir() and (ck / "rng_rank1_step_0000002.pt").is_file()
+
+
+def test_presets_turn_on_the_documented_features():
+    p8, p12, p24 = D.PRESETS["8GB"], D.PRESETS["12GB"], D.PRESETS["24GB"]
+    assert (p8.mixed_precision, p8.gradient_checkpointing, p8.rank, p8.train_text_encoder) == ("fp16", True, 4, False)
+    assert (p12.mixed_precision, p12.gradient_checkpointing, p12.rank) == ("bf16", True, 8)
+    assert (p24.gradient_checkpointing, p24.rank, p24.train_text_encoder, p24.batch_size) == (False, 16, True, 2)
+    assert all(p.cache_latents for p in D.PRESETS.values())
+    cpu = torch.device("cpu")
+    assert D.resolve_preset("auto", cpu).name == "cpu"
+    assert D.resolve_preset("8GB", cpu).mixed_precision == "no"   # fp16 needs a GPU
+    with pytest.raises(ValueError, match="Unknown preset"):
+        D.resolve_preset("4GB", cpu)
