@@ -104,6 +104,8 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("tiny-sam", "sam", "sams", "tiny_sam.pth", layout="file", source="tiny", license="test only"),
     ModelSpec("tiny-sd", "sd", "diffusers", "tiny-sd", source="tiny", license="test only"),
     ModelSpec("tiny-rahf", "rich_feedback", "rich_feedback", "tiny-rahf", source="tiny", license="test only"),
+    ModelSpec("tiny-sd-single", "sd", "checkpoints", "tiny_sd_single.safetensors", layout="file", source="tiny",
+              license="test only", note="tiny-sd as one original-layout (LDM) checkpoint"),
 )
 
 PROFILES = {
