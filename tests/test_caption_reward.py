@@ -20,14 +20,6 @@ from rewardloop.weights.loaders import load_captioner, load_text_encoder
 NODES = rewardloop.NODE_CLASS_MAPPINGS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than the maths (and the test machine's cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def models(tiny):

@@ -14,18 +14,6 @@ from rewardloop.trainers import dpg as D
 from rewardloop.trainers import lora as L
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def out_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("REWARDLOOP_OUTPUT", str(tmp_path / "output"))
-    return tmp_path
 
 
 def refs(n=2, size=(40, 48)):

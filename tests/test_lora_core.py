@@ -13,19 +13,6 @@ from rewardloop.fileio import OutputExistsError, UnsafeNameError
 from rewardloop.trainers import lora as L
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on a shared, loaded 2-core box are ~10x slower for these tiny ops
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def out_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("REWARDLOOP_OUTPUT", str(tmp_path / "output"))
-    return tmp_path
 
 
 def refs(n=2, size=(40, 48), mode="RGB"):

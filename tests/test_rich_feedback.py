@@ -16,14 +16,6 @@ from rewardloop.rewards.rich_feedback import metrics as M
 from rewardloop.rewards.rich_feedback.words import clean_prompt, parse_tagged, prompt_words, tagged_target
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread is several times faster than two here for tiny models."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def rahf(tiny):
