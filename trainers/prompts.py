@@ -70,7 +70,9 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]
     except UnicodeDecodeError as e:
         raise PromptFileError(f"Prompt file {p} is not UTF-8 text ({e.reason}): save it as UTF-8.") from None
     stripped = text.lstrip()
-    if p.suffix.lower() == ".json" or stripped.startswith(("{", "[")):
+    if not stripped:
+        prompts = []
+    elif p.suffix.lower() == ".json" or stripped.startswith(("{", "[")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
