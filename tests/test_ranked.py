@@ -246,6 +246,21 @@ def test_one_round_end_to_end(tiny, tmp_path):
         ranked.train_ranked(key, ["a red car"], scorers, run, cfg, lora_cfg, train_cfg)
 
 
+def test_batched_generation_does_not_depend_on_batching(tiny):
+    from rewardloop.trainers import lora as core
+    comps = core.load_base(tiny("tiny-sd"))
+    prompts, seeds = ["a cat", "a dog", "a cat"], [3, 4, 5]
+    batched = ranked.generate_batch(comps, prompts, seeds, steps=2, cfg=3.0, width=RES, height=RES)
+    single = [ranked.generate_batch(comps, [p], [s], steps=2, cfg=3.0, width=RES, height=RES)[0]
+              for p, s in zip(prompts, seeds)]
+    for a, b in zip(batched, single):
+        assert a.size == (RES, RES)
+        assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 2
+    assert np.abs(np.asarray(batched[0], np.int16) - np.asarray(batched[2], np.int16)).max() > 2  # seeds differ
+    with pytest.raises(ValueError, match="seeds"):
+        ranked.generate_batch(comps, prompts, seeds[:2])
+
+
 def test_resume_continues_with_next_round(tiny, tmp_path):
     key = tiny("tiny-sd")
     lora_cfg, train_cfg = configs(steps=2)
@@ -273,6 +288,14 @@ def test_resume_continues_with_next_round(tiny, tmp_path):
     assert (run / "round_001" / "lora.safetensors").read_bytes() != lora0  # trained on from round 0's LoRA
     table = read_csv(run / "rounds.csv")
     assert [int(t["round"]) for t in table] == [0, 1]
+    # the resumed run ends where an uninterrupted one does
+    from safetensors.torch import load_file
+    straight = tmp_path / "straight"
+    ranked.train_ranked(key, prompts, [FunctionScorer(["brightness"], brightness),
+                                       FunctionScorer(["red_dist"], redness)], straight, cfg, lora_cfg, train_cfg)
+    assert (straight / "round_001" / "scores.csv").read_text() == (run / "round_001" / "scores.csv").read_text()
+    a, b = load_file(str(run / "round_001" / "adapter.safetensors")), load_file(str(straight / "round_001" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # growing the number of rounds on resume adds rounds; finished ones stay
     cfg3 = ranked.RankedConfig(k=2, rounds=3, top=1, gen_steps=2, eval_final=False, seed=1)
     s1c, s2c = CountingScorer(["brightness"], brightness), CountingScorer(["red_dist"], redness)

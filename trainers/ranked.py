@@ -2,7 +2,8 @@
 
 Each round (paper notes A.4):
 
-1. **generate** ``k`` candidates per prompt with the current LoRA (seeded, batched);
+1. **generate** ``k`` candidates per prompt with the current LoRA (batched; each candidate's starting noise
+   comes from its own seed, so images do not depend on the batching);
 2. **score** every candidate with every reward (scorers built once, reused every round);
 3. **select** the best ``top`` candidates per prompt by assemble ranking: per reward, rank the ``k``
    candidates best-first (0 = best, tied values share the mean position), add the ranks weighted per
@@ -16,7 +17,8 @@ A run directory holds everything and makes the loop resumable at any point::
     rounds.csv / rounds.png    mean reward per round (all candidates and kept ones) + seconds per phase
     round_000/kept/*.png       the kept images of round 0
     round_000/scores.csv       every candidate: seed, rewards, per-reward ranks, total, kept
-    round_000/lora.safetensors the LoRA after round 0
+    round_000/lora.safetensors the LoRA after round 0 (kohya names, loadable by ComfyUI / A1111)
+    round_000/adapter.safetensors  the trainable adapter weights after round 0 (what a resumed run continues from)
     round_000/train/           the training core's own checkpoints (a stopped training resumes there)
     final/scores.csv           optional evaluation pass of the final LoRA (round 0's seeds, no training)
 
@@ -312,6 +314,71 @@ def _module_device(components) -> torch.device:
         return bridge.get_device()
 
 
+# ====================================================================== helpers: generation and LoRA state
+def _vae_factor(components) -> int:
+    return 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+def generate_batch(components, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, cfg: float = 7.5,
+                   width: int = 512, height: int = 512, negative: str = "") -> list[Image.Image]:
+    """One image per (prompt, seed) in ONE pipeline call.
+
+    Each image's initial latent is drawn from its own seed (fp32, CPU generator), so an image does not depend on
+    which batch it was generated in. Runs outside inference mode with the modules in eval mode (restored after).
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
+    f = _vae_factor(components)
+    if width % f or height % f:
+        raise ValueError(f"Width and height must be multiples of {f} for this model (got {width}x{height}).")
+    pipe = components.pipeline()
+    unet = components.unet
+    param = next(unet.parameters())
+    shape = (1, int(unet.config.in_channels), height // f, width // f)
+    latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+    modules = _sd_modules(components)
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.inference_mode(False), torch.no_grad():
+            out = pipe(list(prompts), negative_prompt=[negative] * len(prompts) if negative else None,
+                       num_inference_steps=int(steps), guidance_scale=float(cfg), width=width, height=height,
+                       latents=latents.to(param.device, param.dtype), output_type="pil").images
+    finally:
+        for m, t in zip(modules, modes):
+            m.train(t)
+    return [im.convert("RGB") for im in out]
+
+
+def adapter_state(components) -> dict[str, torch.Tensor]:
+    """The trainable LoRA adapter weights (peft ``lora_`` parameters of the UNet and text encoders), CPU copies."""
+    out = {}
+    for prefix in ("unet", "text_encoder", "text_encoder_2"):
+        m = getattr(components, prefix, None)
+        if isinstance(m, torch.nn.Module):
+            for n, p in m.named_parameters():
+                if "lora_" in n:
+                    out[f"{prefix}.{n}"] = p.detach().to("cpu", torch.float32).contiguous().clone()
+    return out
+
+
+def restore_adapter(components, sd: dict[str, torch.Tensor]) -> None:
+    """Copy saved adapter weights back into the (freshly added) adapters; every key must match."""
+    have = {}
+    for prefix in ("unet", "text_encoder", "text_encoder_2"):
+        m = getattr(components, prefix, None)
+        if isinstance(m, torch.nn.Module):
+            have.update({f"{prefix}.{n}": p for n, p in m.named_parameters() if "lora_" in n})
+    missing, extra = sorted(set(have) - set(sd)), sorted(set(sd) - set(have))
+    if missing or extra:
+        raise ValueError(f"The saved LoRA does not fit this model's adapters ({len(missing)} missing, {len(extra)} "
+                         f"unexpected, e.g. {(missing + extra)[:2]}): resume with the same base and LoRA settings.")
+    with torch.no_grad():
+        for k, p in have.items():
+            p.copy_(sd[k].to(p.device, p.dtype))
+
+
 # ====================================================================== plots and grids
 def plot_rounds(records: list[dict], eval_record: dict | None, names: list[str]) -> Image.Image:
     """Mean reward per round, one panel per reward: all candidates (solid) and kept ones (dashed)."""
@@ -377,7 +444,7 @@ class RankedTrainer:
         self.weights = expand_weights(self.scorers, self.cfg.weights)
         self.lora_cfg = lora_cfg or core.LoraConfig()
         self.train_cfg = train_cfg or core.TrainConfig(steps=100)
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()
         self.progress = progress
         self.base_name = base if isinstance(base, (str, Path)) else getattr(base, "name", "components")
         self.state_path = self.run_dir / "state.json"
@@ -446,10 +513,12 @@ class RankedTrainer:
             self.components = self.core.load_base(str(base), dtype=self._dtype, device=self._device)
         else:
             self.components = base
+        torch.manual_seed(int(self.cfg.seed))  # the adapters' random init
         self.core.add_lora(self.components, self.lora_cfg)
         done = self.done_rounds()
-        if done:  # continue from the last finished round's LoRA
-            self.core.load_lora_into(self.components, self.run_dir / done[-1]["lora"])
+        if done:  # continue from the last finished round's adapter weights
+            from safetensors.torch import load_file
+            restore_adapter(self.components, load_file(str(self.run_dir / done[-1]["adapter"])))
         self._device_home = _module_device(self.components)
         return self.components
 
@@ -477,9 +546,9 @@ class RankedTrainer:
         for start in range(0, len(jobs), self.cfg.gen_batch):
             chunk = jobs[start:start + self.cfg.gen_batch]
             bridge.check_interrupt()
-            out = self.core.generate(comps, [self.prompts[p] for p, _, _ in chunk], [s for _, _, s in chunk],
-                                     steps=self.cfg.gen_steps, cfg=self.cfg.cfg, width=self.cfg.width or res,
-                                     height=self.cfg.height or res, negative=self.cfg.negative)
+            out = generate_batch(comps, [self.prompts[p] for p, _, _ in chunk], [s for _, _, s in chunk],
+                                 steps=self.cfg.gen_steps, cfg=self.cfg.cfg, width=self.cfg.width or res,
+                                 height=self.cfg.height or res, negative=self.cfg.negative)
             if len(out) != len(chunk):
                 raise RuntimeError(f"The generator returned {len(out)} images for {len(chunk)} prompts.")
             images += [im.convert("RGB") for im in out]
@@ -584,7 +653,10 @@ class RankedTrainer:
                 "top": str(self.cfg.top), "base": str(self.base_name)}
         rel = f"{rec['label']}/lora.safetensors"
         self.core.export_lora(comps, self.run_dir / rel, meta, overwrite=True)
-        rec["lora"] = rel
+        from safetensors.torch import save_file
+        adapter = f"{rec['label']}/adapter.safetensors"
+        atomic_save(self.run_dir / adapter, lambda tmp: save_file(adapter_state(comps), tmp))
+        rec["lora"], rec["adapter"] = rel, adapter
         rec["meta"] = meta
 
     def _eval_current(self) -> bool:
@@ -667,9 +739,10 @@ def _replace(cfg, **changes):
 
 
 def _final_loss(result) -> float | None:
+    metrics = getattr(result, "metrics", None) or {}
     for name in ("final_loss", "loss", "last_loss", "mean_loss"):
-        v = getattr(result, name, None)
-        if isinstance(v, (int, float)):
+        v = getattr(result, name, metrics.get(name))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
     return None
 
