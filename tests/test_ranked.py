@@ -147,6 +147,20 @@ def test_rank_sum_tie_breaks_by_zscore_then_index():
     assert ranked.rank_candidates([a3, b3]) == [2, 0, 1]
 
 
+def test_local_ranking_agrees_with_shared_module():
+    """The selection's one entry point uses rewards.ranking when present; both must agree (rank_sum)."""
+    shared = ranked._ranking_module()
+    if shared is None or not hasattr(shared, "assemble_rank"):
+        pytest.skip("rewards.ranking is not installed: the local implementation is used")
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        k = int(rng.integers(2, 7))
+        scores = [RewardScores(f"r{j}", np.round(rng.random(k), 1).tolist(), bool(rng.random() < 0.7))
+                  for j in range(int(rng.integers(1, 4)))]
+        w = np.round(rng.random(len(scores)) * 2 + 0.5, 2).tolist()
+        assert ranked.rank_candidates(scores, w) == ranked._local_rank(scores, w, "rank_sum"), trial
+
+
 def test_rank_errors():
     with pytest.raises(ValueError, match="NaN"):
         ranked.rank_candidates([RewardScores("a", [1.0, math.nan])])

@@ -140,17 +140,26 @@ def rank_candidates(scores: Sequence[RewardScores], weights: Sequence[float] | N
                     mode: str = "rank_sum") -> list[int]:
     """Candidate indices best-first by assemble ranking (the one entry point the selection uses).
 
-    Uses the pack's shared ``rewards.ranking`` when it provides ``assemble_order``, else the local
-    implementation above (same definition: paper A.4 intent, explicit tie-breaks).
+    Uses the pack's shared ``rewards.ranking.assemble_rank`` (best-of-N issue) when it is installed, else the
+    local implementation above; both implement the same definition (paper A.4 intent, rank-sum ties broken by
+    the weighted z-score sum, then the lower index).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown ranking mode {mode!r}: use one of {', '.join(MODES)}.")
     _check_scores(scores, weights)
     shared = _ranking_module()
-    fn = getattr(shared, "assemble_order", None) if shared is not None else None
+    fn = getattr(shared, "assemble_rank", None) if shared is not None else None
     if fn is not None:
-        return [int(i) for i in fn(list(scores), weights=weights, mode=mode)]
+        ranking = fn([_ungrouped(s) for s in scores], weights=None if weights is None else list(weights), mode=mode)
+        return [int(i) for i in ranking.order]
     return _local_rank(scores, weights, mode)
+
+
+def _ungrouped(s: RewardScores) -> RewardScores:
+    """The candidates passed in are one group: drop any group ids a scorer attached."""
+    if s.group is None:
+        return s
+    return RewardScores(s.name, s.values, s.higher_is_better, s.value_range, s.details, None)
 
 
 def subset(scores: Sequence[RewardScores], idx: Sequence[int]) -> list[RewardScores]:
@@ -645,7 +654,7 @@ class RankedTrainer:
         tc = _replace(self.train_cfg, seed=int(self.train_cfg.seed) + r)
         t0 = time.perf_counter()  # (the training core may add its own set-up here: latents, optimizer)
         result = self.core.train_lora(comps, dataset, NoiseMSE(), self.lora_cfg, tc, self.run_dir / rec["label"] / "train",
-                                      resume=True, progress=self.progress)
+                                      resume=True, progress=_SharedBar(self.progress) if self.progress else None)
         rec["seconds"]["train"] = time.perf_counter() - t0
         rec["loss"] = _final_loss(result)
         meta = {"rewardloop_trainer": "ranked", "round": str(r), "rewards": ",".join(self.names),
@@ -731,6 +740,21 @@ class RankedTrainer:
                     kept.append(im.convert("RGB").copy())
         return RankedResult(self.run_dir, lora_path, done, ev, self.run_dir / "rounds.csv",
                             self.run_dir / "rounds.png", kept)
+
+
+class _SharedBar:
+    """Lends the run's progress bar to the training core without letting it close the bar."""
+
+    def __init__(self, bar):
+        self._bar = bar
+
+    def update(self, n: int = 1, postfix=None, preview=None):
+        if postfix is None and preview is None:
+            return self._bar.update(n)
+        return self._bar.update(n, postfix=postfix, preview=preview)
+
+    def close(self):
+        pass
 
 
 def _replace(cfg, **changes):
