@@ -103,6 +103,8 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("tiny-t5", "t5", "rich_feedback", "tiny-t5", source="tiny", license="test only"),
     ModelSpec("tiny-sam", "sam", "sams", "tiny_sam.pth", layout="file", source="tiny", license="test only"),
     ModelSpec("tiny-sd", "sd", "diffusers", "tiny-sd", source="tiny", license="test only"),
+    ModelSpec("tiny-sd-single", "sd", "checkpoints", "tiny_sd_single.safetensors", layout="file", source="tiny",
+              license="test only", note="tiny-sd as one original-layout (LDM) checkpoint"),
 )
 
 PROFILES = {

@@ -288,11 +288,123 @@ def build_sd(out: Path) -> Path:
     return out
 
 
+# ---------------------------------------------------------------- Stable Diffusion (single file, LDM layout)
+def _unet_to_ldm(sd: dict, cfg) -> dict:
+    """diffusers UNet2DConditionModel keys → original LDM ``model.diffusion_model.*`` keys.
+
+    General in ``layers_per_block`` and the number of levels (SD1.x/2.x/SDXL layout rules).
+    """
+    L = cfg.layers_per_block
+    L = list(L) if isinstance(L, (list, tuple)) else [int(L)] * len(cfg.block_out_channels)
+    res_map = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    # diffusers block prefix → LDM block prefix
+    blocks: dict[str, str] = {}
+    n_levels = len(cfg.block_out_channels)
+    for i in range(n_levels):
+        for j in range(L[i]):
+            base = 1 + sum(x + 1 for x in L[:i]) + j
+            blocks[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{base}.0."
+            blocks[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{base}.1."
+        if i < n_levels - 1:
+            blocks[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{sum(x + 1 for x in L[:i + 1])}.0.op."
+    up_L = list(reversed(L))
+    for i in range(n_levels):
+        has_attn = any(k.startswith(f"up_blocks.{i}.attentions.") for k in sd)
+        for j in range(up_L[i] + 1):
+            base = sum(x + 1 for x in up_L[:i]) + j
+            blocks[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{base}.0."
+            blocks[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{base}.1."
+        if i < n_levels - 1:
+            last = sum(x + 1 for x in up_L[:i]) + up_L[i]
+            blocks[f"up_blocks.{i}.upsamplers.0.conv."] = f"output_blocks.{last}.{2 if has_attn else 1}.conv."
+    blocks["mid_block.resnets.0."] = "middle_block.0."
+    blocks["mid_block.attentions.0."] = "middle_block.1."
+    blocks["mid_block.resnets.1."] = "middle_block.2."
+    out = {}
+    for k, v in sd.items():
+        new = None
+        for src, dst in fixed.items():
+            if k.startswith(src + "."):
+                new = dst + k[len(src):]
+        if new is None:
+            for src, dst in blocks.items():
+                if k.startswith(src):
+                    rest = k[len(src):]
+                    if ".resnets." in src:
+                        head, _, tail = rest.partition(".")
+                        rest = res_map.get(head, head) + "." + tail
+                    new = dst + rest
+                    break
+        if new is None:
+            raise KeyError(f"No LDM name for UNet key {k}")
+        out["model.diffusion_model." + new] = v
+    return out
+
+
+def _vae_to_ldm(sd: dict, cfg) -> dict:
+    """diffusers AutoencoderKL keys → LDM ``first_stage_model.*`` keys (attention linears → 1×1 convs)."""
+    n = len(cfg.block_out_channels)
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for k, v in sd.items():
+        new = k
+        new = new.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        for part in ("encoder", "decoder"):
+            new = new.replace(f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.")
+            new = new.replace(f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.")
+            if new.startswith(f"{part}.mid_block.attentions.0."):
+                rest = new[len(f"{part}.mid_block.attentions.0."):]
+                name, _, tail = rest.rpartition(".")
+                new = f"{part}.mid.attn_1.{attn.get(name, name)}.{tail}"
+                if name in ("to_q", "to_k", "to_v", "to_out.0") and v.dim() == 2:
+                    v = v[:, :, None, None]
+        parts = new.split(".")
+        if parts[1] == "down_blocks":
+            i = parts[2]
+            if parts[3] == "resnets":
+                new = ".".join([parts[0], "down", i, "block", *parts[4:]])
+            else:  # downsamplers.0.conv
+                new = ".".join([parts[0], "down", i, "downsample", *parts[5:]])
+        elif parts[1] == "up_blocks":
+            i = str(n - 1 - int(parts[2]))
+            if parts[3] == "resnets":
+                new = ".".join([parts[0], "up", i, "block", *parts[4:]])
+            else:  # upsamplers.0.conv
+                new = ".".join([parts[0], "up", i, "upsample", *parts[5:]])
+        out["first_stage_model." + new] = v
+    return out
+
+
+def sd_to_ldm_state_dict(pipe) -> dict:
+    """A diffusers SD1.x pipeline → one original-layout (CompVis/LDM) state dict."""
+    out = {}
+    out.update(_unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
+    out.update(_vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
+    for k, v in pipe.text_encoder.state_dict().items():
+        if k.split(".", 1)[0] in ("embeddings", "encoder", "final_layer_norm"):
+            k = "text_model." + k  # transformers 5 flattens CLIPTextModel; the LDM layout keeps text_model.
+        out["cond_stage_model.transformer." + k] = v
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def build_sd_single(out_file: Path) -> Path:
+    """The tiny SD as one ``.safetensors`` in the original layout; the metadata names its diffusers config."""
+    from safetensors.torch import save_file
+    sd = sd_to_ldm_state_dict(make_sd_pipeline())
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out_file), metadata={"rewardloop.diffusers_config": "tiny-sd", "format": "pt"})
+    return out_file
+
+
 # ---------------------------------------------------------------- all
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
     "tiny-llm": build_llm, "tiny-dino": build_dino, "tiny-vit": build_vit, "tiny-t5": build_t5,
-    "tiny-sam": build_sam, "tiny-sd": build_sd,
+    "tiny-sam": build_sam, "tiny-sd": build_sd, "tiny-sd-single": build_sd_single,
 }
 
 
