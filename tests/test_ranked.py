@@ -342,6 +342,45 @@ def test_resume_after_selection_trains_without_regenerating(tiny, tmp_path, monk
     assert (run / "round_000" / "lora.safetensors").is_file()
 
 
+class StopAt:
+    """A progress bar that interrupts on its ``n``-th update (like ComfyUI's stop button)."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def update(self, k=1, postfix=None, preview=None):
+        self.calls += 1
+        if self.calls == self.n:
+            from rewardloop.bridge import Interrupted
+            raise Interrupted("stop button")
+
+    def close(self):
+        pass
+
+
+def test_interrupted_training_resumes_to_the_same_lora(tiny, tmp_path):
+    from safetensors.torch import load_file
+    key = tiny("tiny-sd")
+    lora_cfg, train_cfg = configs(steps=3)
+    cfg = ranked.RankedConfig(k=2, rounds=1, top=1, gen_steps=2, eval_final=False)
+    scorers = [FunctionScorer(["brightness"], brightness)]
+    run = tmp_path / "stopped"
+    # updates: 1 = generation, 2 = scoring, 3.. = training steps: stop after training step 2 of 3
+    trainer = ranked.RankedTrainer(key, ["a cat"], scorers, run, cfg, lora_cfg, train_cfg, progress=StopAt(4))
+    from rewardloop.bridge import Interrupted
+    with pytest.raises(Interrupted):
+        trainer.run()
+    assert json.loads((run / "state.json").read_text())["rounds"][0]["phase"] == "selected"
+    assert list((run / "round_000" / "train" / "checkpoints").iterdir())  # the core saved where it stopped
+    ranked.train_ranked(key, ["a cat"], scorers, run, cfg, lora_cfg, train_cfg)
+    ranked.train_ranked(key, ["a cat"], scorers, tmp_path / "straight", cfg, lora_cfg, train_cfg)
+    a = load_file(str(run / "round_000" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "round_000" / "adapter.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    table = read_csv(run / "rounds.csv")
+    assert float(table[0]["train_loss"]) > 0
+
+
 # ---------------------------------------------------------------- node and CLI
 def test_node_runs_under_inference_mode(tiny, models_root, tmp_path, monkeypatch):
     import rewardloop

@@ -763,6 +763,13 @@ def _replace(cfg, **changes):
 
 
 def _final_loss(result) -> float | None:
+    """Mean training loss of the round (from the core's loss log), else a loss the result carries."""
+    log_csv = getattr(result, "log_csv", None)
+    if log_csv is not None and Path(log_csv).is_file():
+        with open(log_csv, newline="") as f:
+            losses = [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss") not in (None, "")]
+        if losses:
+            return sum(losses) / len(losses)
     metrics = getattr(result, "metrics", None) or {}
     for name in ("final_loss", "loss", "last_loss", "mean_loss"):
         v = getattr(result, name, metrics.get(name))
