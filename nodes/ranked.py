@@ -11,10 +11,18 @@ RUNS_SUBDIR = "rewardloop_ranked"
 
 
 def checkpoint_choices() -> list[str]:
+    """Catalogue keys, ComfyUI's checkpoints (sub-folders included), diffusers folders, then the tiny model."""
     from ..bridge import list_folder
     from ._common import model_choices
     try:
-        return model_choices("checkpoints", ("sd", "sdxl"), extra=list_folder("diffusers"))
+        extra = []
+        try:
+            import folder_paths  # type: ignore
+            extra = list(folder_paths.get_filename_list("checkpoints"))
+        except Exception:
+            pass
+        choices = model_choices("checkpoints", ("sd", "sdxl"), extra=extra + list_folder("diffusers"))
+        return list(dict.fromkeys(choices)) or ["tiny-sd"]
     except Exception:  # never stop the pack from loading
         return ["tiny-sd"]
 
