@@ -124,6 +124,14 @@ class DINOFeatures:
         from ..weights.loaders import load_dino
         self.handle = load_dino(name, dtype="fp32", device=device)
         self.model = self.handle.model
+        if any(p.is_inference() for p in self.model.parameters()):
+            # loaded (and cached) under ComfyUI's inference_mode: a private copy with ordinary tensors
+            import copy
+            with torch.inference_mode(False):
+                model = copy.deepcopy(self.model)
+                for p in list(model.parameters()) + list(model.buffers()):
+                    p.data = p.data.clone()
+            self.model = model
         self.model.requires_grad_(False)
         proc = self.handle.processor
         size = getattr(proc, "size", None) or {"height": 224, "width": 224}
@@ -378,7 +386,18 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
                 save_every: int = 100, resume: bool = True, run_dir: Path | None = None, progress=None,
                 dino_model: str = "dino-vits16", center_crop: bool = True, device=None, config=None,
                 train_overrides: dict | None = None, sample_steps: int = 20) -> PersonalizeResult:
-    """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point)."""
+    """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point).
+
+    Leaves ``torch.inference_mode`` (ComfyUI runs nodes inside it) for loading, training and export.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _personalize(**{k: v for k, v in locals().items()})
+
+
+def _personalize(base, references, trigger, class_prompt, instance_prompt, out_name, overwrite, mode, weights, steps,
+                 lr, rank, resolution, seed, preset, num_class_images, sample_prompts, sample_every, save_every,
+                 resume, run_dir, progress, dino_model, center_crop, device, config, train_overrides,
+                 sample_steps) -> PersonalizeResult:
     refs = list(references or [])
     if not refs:
         raise ValueError("No reference images were given: connect at least one photo of the subject.")
@@ -394,7 +413,9 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
     lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
     weights = weights or DPGWeights.for_mode(mode)
     weights.validate()
-    dev = torch.device(device) if device else bridge.get_device()
+    from accelerate import PartialState
+    state = PartialState()  # under `accelerate launch`: one process per GPU, each on its own device
+    dev = torch.device(device) if device else (state.device if state.num_processes > 1 else bridge.get_device())
     pre = resolve_preset(preset, dev)
     run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name)
     bridge.free_memory(int(6 * 2 ** 30), dev)
@@ -423,6 +444,10 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
             "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
             "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
             "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
+    if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
+        state.wait_for_everyone()
+        return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
+                                 loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
     lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
     imgs = L.generate(comps, list(samples), [int(seed) + i for i in range(len(samples))], steps=sample_steps,
                       width=int(resolution), height=int(resolution))
@@ -433,6 +458,7 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
         atomic_save(p, lambda tmp, im=im: im.save(tmp, format="PNG"))
         files.append(p)
     rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
+    state.wait_for_everyone()
     return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                              loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
 
