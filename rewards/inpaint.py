@@ -133,6 +133,8 @@ def auto_fix(image: torch.Tensor, mask: torch.Tensor, sampler: Sampler, scorer=N
             res.scores.append([])
             res.skipped.append(True)
             cand_all.append(orig.clone())
+            if progress is not None:
+                progress.update(1)
             continue
         if scorer is None:
             scorer = default_scorer()
