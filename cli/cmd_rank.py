@@ -90,7 +90,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
     from ..rewards.images import pil_to_image
     from ..rewards.regions import overlay
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
+        raise ValueError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
     (out / "ranked").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(exist_ok=True)
     multi = len(ranking.groups) > 1
@@ -100,7 +100,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
         names[i] = f"{stem}{ranking.position[i] + 1:03d}_{files[i].name}"
         dest = out / "ranked" / names[i]
         if dest.exists() and not overwrite:
-            raise FileExistsError(f"{dest} already exists: add --overwrite to replace it.")
+            raise ValueError(f"{dest} already exists: add --overwrite to replace it.")
         atomic_save(dest, lambda tmp, src=files[i]: shutil.copyfile(src, tmp))
     rows, heat_cells = [], {}
     for i in ranking.order:
@@ -155,9 +155,9 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
 def cmd_rank(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file: give a folder.")
+        raise ValueError(f"--out {out} is a file: give a folder.")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
+        raise ValueError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
     files = collect_images(args.images)
     images = as_pil_list(files)
     prompts = expand_prompts(args.prompt, len(images), args.group_size)
