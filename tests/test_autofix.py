@@ -103,11 +103,12 @@ def test_tiny_diffusers_inpaint_changes_only_the_masked_region(tiny):
     g = torch.Generator().manual_seed(3)
     img = torch.rand(1, 36, 40, 3, generator=g)                  # 36: not a multiple of 8 (border is kept)
     mask = square_mask(36, 40, feather=2.0)
-    sampler = DiffusersInpaintSampler("tiny-sd", "a red apple", steps=2, cfg=2.0, denoise=1.0, device="cpu",
+    sampler = DiffusersInpaintSampler("tiny-sd", "a red apple", steps=2, cfg=1.0, denoise=1.0, device="cpu",
                                       dtype="fp32")
     raw = sampler(img, mask, 2, 5)
-    assert raw.shape == (2, 36, 40, 3) and torch.equal(raw, sampler(img, mask, 2, 5))  # deterministic per seed
+    assert raw.shape == (2, 36, 40, 3)
     res = auto_fix(img, mask, sampler, brightness_scorer(), k=2, seed=5, prompt="a red apple")
+    assert torch.equal(res.candidates, blend(img, raw, mask[0]))  # same seed → same candidates
     outside = mask[0] == 0
     band = (mask[0] > 0) & (mask[0] < 1)
     assert band.any()
