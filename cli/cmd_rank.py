@@ -61,23 +61,6 @@ def score_weights(reward_names: list[str], per_reward: list[list], weights: list
                      f"{', '.join(reward_names)}) or one per score ({n_scores}).")
 
 
-def _heatmaps(details: dict) -> dict[str, object]:
-    """2-D maps found in a reward's per-image details (e.g. RAHF implausibility / misalignment heatmaps)."""
-    import numpy as np
-    out = {}
-    for k, v in (details or {}).items():
-        if "map" not in k.lower():
-            continue
-        try:
-            a = np.asarray(v.detach().float().cpu() if hasattr(v, "detach") else v, dtype=np.float32)
-        except Exception:
-            continue
-        a = a.squeeze()
-        if a.ndim == 2 and a.size > 1:
-            out[k] = a
-    return out
-
-
 def _save_png(path: Path, pil) -> None:
     def writer(tmp):
         pil.save(tmp, format="PNG")
@@ -88,7 +71,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
     import torch
 
     from ..rewards.images import pil_to_image
-    from ..rewards.regions import overlay
+    from ..rewards.regions import detail_heatmaps, overlay
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
     (out / "ranked").mkdir(parents=True, exist_ok=True)
@@ -109,7 +92,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
         _save_png(out / "thumbs" / f"{i:04d}.png", th)
         cells = []
         for s in scores:
-            for key, hm in _heatmaps(s.details[i] if s.details else {}).items():
+            for key, hm in detail_heatmaps(s.details[i] if s.details else {}).items():
                 (out / "heatmaps").mkdir(exist_ok=True)
                 img_t = pil_to_image(th)
                 ov = overlay(img_t, torch.from_numpy(hm), "jet", 0.6)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import torch
+
 from ..rewards.images import broadcast_prompts, image_to_pil
 from ..rewards.ranking import MODES, assemble_rank
 from ..rewards.report import scores_table
@@ -131,11 +133,13 @@ class RewardLoopScoreWithScorer:
     DESCRIPTION = "Scores an IMAGE batch with a scorer (one call for the whole batch); up to four of its scores out."
     CATEGORY = f"{CATEGORY}/ranking"
     FUNCTION = "score"
-    RETURN_TYPES = (SCORES, SCORES, SCORES, SCORES, "STRING")
-    RETURN_NAMES = ("scores_1", "scores_2", "scores_3", "scores_4", "table")
+    RETURN_TYPES = (SCORES, SCORES, SCORES, SCORES, "STRING", "MASK")
+    RETURN_NAMES = ("scores_1", "scores_2", "scores_3", "scores_4", "table", "heatmap")
     OUTPUT_TOOLTIPS = ("The scorer's first score (e.g. caption similarity, or RAHF plausibility).",
                        "Its second score, if any (RAHF: alignment).", "Its third score, if any (RAHF: aesthetics).",
-                       "Its fourth score, if any (RAHF: overall).", "Table of all its scores.")
+                       "Its fourth score, if any (RAHF: overall).", "Table of all its scores.",
+                       "The first heatmap the reward reports per image (RAHF: implausibility; 0..1, image size), "
+                       "all zeros when it reports none — feed it to Heatmap → Mask.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -151,7 +155,21 @@ class RewardLoopScoreWithScorer:
         pils = image_to_pil(images)
         out = scorer(pils, broadcast_prompts(prompt, len(pils)))
         padded = list(out[:4]) + [None] * (4 - min(4, len(out)))
-        return (*padded, scores_table(list(out)))
+        return (*padded, scores_table(list(out)), first_heatmaps(out, images))
+
+
+def first_heatmaps(scores, images) -> torch.Tensor:
+    """[B,H,W] from the first reward detail that holds 2-D maps (resized to the images), zeros otherwise."""
+    from ..rewards.images import resize_map
+    from ..rewards.regions import detail_heatmaps
+    b, h, w = images.shape[:3]
+    for s in scores:
+        maps = [detail_heatmaps(d) for d in (s.details or [])]
+        if len(maps) == b and all(maps):
+            key = next(iter(maps[0]))
+            if all(key in m for m in maps):
+                return torch.stack([resize_map(torch.from_numpy(m[key]), (h, w))[0] for m in maps]).clamp(0, 1)
+    return torch.zeros(b, h, w)
 
 
 NODE_CLASS_MAPPINGS = {"RewardLoopAssembleRank": RewardLoopAssembleRank,

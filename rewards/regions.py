@@ -169,3 +169,19 @@ def overlay(image: torch.Tensor, heatmap, colormap: str = "jet", alpha: float = 
         a = (alpha * m)[..., None] if weighted else np.float32(alpha)
         out.append(base[i] * (1.0 - a) + color * a)
     return torch.from_numpy(np.stack(out).astype(np.float32)).clamp(0, 1)
+
+
+def detail_heatmaps(details: dict | None) -> dict[str, np.ndarray]:
+    """2-D maps in a reward's per-image ``details`` (keys containing "map", e.g. RAHF's implausibility heatmap),
+    as float32 arrays, implausibility first."""
+    out = {}
+    for k, v in (details or {}).items():
+        if "map" not in str(k).lower() or isinstance(v, (str, bytes, int, float)):
+            continue
+        try:
+            a = np.asarray(v.detach().float().cpu() if hasattr(v, "detach") else v, dtype=np.float32).squeeze()
+        except Exception:
+            continue
+        if a.ndim == 2 and a.size > 1:
+            out[k] = a
+    return dict(sorted(out.items(), key=lambda kv: (0 if "implausib" in kv[0].lower() else 1)))

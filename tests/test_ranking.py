@@ -218,3 +218,16 @@ def test_rank_cli_with_fake_rewards(tmp_path, monkeypatch, capsys):
     assert main(["rank", "--rewards", "caption", "--weights", "1,2", "--prompt", "x", str(src), "--out",
                  str(tmp_path / "o3")]) == 1
     assert "--weights has 2 values" in capsys.readouterr().err
+
+
+def test_score_with_scorer_node_gives_scores_table_and_heatmap(image_batch):
+    import rewardloop
+    fake = _fake_module()
+    node = rewardloop.NODE_CLASS_MAPPINGS["RewardLoopScoreWithScorer"]()
+    imgs = image_batch(2, 16, 24)
+    s1, s2, s3, s4, table, heat = node.score(fake.make_rich(), imgs, "a thing")
+    assert s1.name == "plausibility" and s2.name == "overall" and s3 is None and s4 is None
+    assert "plausibility (↑)" in table
+    assert heat.shape == (2, 16, 24) and heat[0, 0, 0] < 0.1 and heat[0, -1, -1] > 0.9
+    *_, none_heat = node.score(fake.make_bright(), imgs, "a thing")
+    assert none_heat.shape == (2, 16, 24) and none_heat.max() == 0
