@@ -87,6 +87,10 @@ def pick_score(scores: list[RewardScores], name: str | None = None) -> RewardSco
         for s in scores:
             if s.name == pref:
                 return s
+    for s in scores:  # e.g. "rahf.plausibility", but never an implausibility map's score
+        low = s.name.lower()
+        if "plausib" in low and "implausib" not in low:
+            return s
     return scores[0]
 
 

@@ -87,6 +87,14 @@ def test_empty_mask_returns_original_without_sampling_or_scoring():
     assert "skipped" in res.summary()
 
 
+def test_pick_score_prefers_plausibility():
+    from rewardloop.rewards.inpaint import pick_score
+    a, b, c = RewardScores("aesthetics", [1.0]), RewardScores("rahf.plausibility", [2.0]), RewardScores("x", [0.0])
+    assert pick_score([a, b, c]).name == "rahf.plausibility"
+    assert pick_score([a, RewardScores("implausibility_area", [1.0], False)]).name == "aesthetics"
+    assert pick_score([a, c], "x") is c
+
+
 def test_bad_inputs():
     img = torch.rand(2, 16, 16, 3)
     with pytest.raises(ValueError, match="3 masks for 2 images"):
