@@ -225,3 +225,43 @@ def test_workflows_use_valid_inputs_of_our_nodes(name):
                 assert value[1] < n_out, (nid, key)
             elif isinstance(inputs[key][0], list):
                 assert value in inputs[key][0], (nid, key, value)
+
+
+def test_fix_cli_with_tiny_sd_and_a_fake_heatmap_reward(tiny, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from rewardloop.cli import main
+    from rewardloop.rewards import scoring
+
+    def rich(images, prompts):
+        hm = np.zeros((8, 8), np.float32)
+        hm[2:5, 2:5] = 1.0
+        maps = [hm if i == 0 else np.zeros_like(hm) for i in range(len(images))]  # image 1 is "clean"
+        vals = [float(np.asarray(im).mean()) / 255 for im in images]
+        return [RewardScores("plausibility", vals, True, (0, 1), [{"implausibility_heatmap": m} for m in maps])]
+
+    fake = types.ModuleType("rl_fake_fix")
+    fake.make = lambda models=None, **kw: FunctionScorer(["plausibility"], rich)
+    monkeypatch.setitem(sys.modules, "rl_fake_fix", fake)
+    monkeypatch.setattr(scoring, "SCORER_FACTORIES", {"rich": "rl_fake_fix:make"})
+    tiny("tiny-sd")
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(src / f"im{i}.png")
+    out = tmp_path / "out"
+    rc = main(["fix", str(src), "--prompt", "a cat", "--sd", "tiny-sd", "--k", "2", "--steps", "1", "--cfg", "1",
+               "--dilate", "0", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
+    assert rc == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["im0_cand0.png", "im0_cand1.png", "im0_fixed.png", "im0_mask.png", "im1_fixed.png",
+                     "im1_mask.png", "report.txt"]
+    report = (out / "report.txt").read_text()
+    assert "im1.png: mask empty, skipped" in report
+    assert np.array_equal(np.asarray(Image.open(out / "im1_fixed.png")), np.asarray(Image.open(src / "im1.png")))
+    mask = np.asarray(Image.open(out / "im0_mask.png"))[..., 0]
+    fixed, orig = np.asarray(Image.open(out / "im0_fixed.png")), np.asarray(Image.open(src / "im0.png"))
+    assert mask.max() == 255 and np.array_equal(fixed[mask == 0], orig[mask == 0])
+    assert main(["fix", str(src), "--prompt", "a cat", "--sd", "tiny-sd", "--out", str(out)]) == 1
+    assert "not an empty folder" in capsys.readouterr().err
