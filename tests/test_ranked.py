@@ -414,14 +414,22 @@ def test_cli_train_ranked(tiny, models_root, tmp_path, monkeypatch, capsys):
     from rewardloop.cli import main
     from rewardloop.rewards import scoring
     monkeypatch.setenv("REWARDLOOP_OUTPUT", str(tmp_path / "out"))
+    import sys
+    import types
     made = []
+    fake = types.ModuleType("rl_fake_ranked_rewards")
 
-    def fake_make_scorer(name, models=None, **options):
-        made.append((name, options.get("device")))
-        return {"bright": FunctionScorer(["brightness"], brightness),
-                "red": FunctionScorer(["red_dist"], redness)}[name]
+    def factory(name, fn, score_name):
+        def make(models=None, **options):
+            made.append((name, options.get("device")))
+            return FunctionScorer([score_name], fn)
+        return make
 
-    monkeypatch.setattr(scoring, "make_scorer", fake_make_scorer)
+    fake.make_bright = factory("bright", brightness, "brightness")
+    fake.make_red = factory("red", redness, "red_dist")
+    monkeypatch.setitem(sys.modules, "rl_fake_ranked_rewards", fake)
+    monkeypatch.setattr(scoring, "SCORER_FACTORIES", {"bright": "rl_fake_ranked_rewards:make_bright",
+                                                      "red": "rl_fake_ranked_rewards:make_red"})
     coco = tmp_path / "captions.json"
     coco.write_text(json.dumps({"annotations": [{"caption": "a cat"}, {"caption": "a cat"}, {"caption": "a dog"}]}))
     key = tiny("tiny-sd")
@@ -446,3 +454,31 @@ def test_cli_train_ranked(tiny, models_root, tmp_path, monkeypatch, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(argv[:12] + ["1,x"] + argv[13:] + ["--out", "other"]) == 1
     assert "--weights" in capsys.readouterr().err
+
+
+def test_ranked_workflow_is_valid():
+    """workflows/ranked_finetune.api.json names existing nodes with valid inputs and links."""
+    from pathlib import Path
+
+    import rewardloop
+    core_outputs = {"PreviewImage": 0, "SaveImage": 0}
+    wf = json.loads((Path(rewardloop.__file__).parent / "workflows" / "ranked_finetune.api.json").read_text())
+    assert any(n["class_type"] == "RewardLoopRankedFinetune" for n in wf.values())
+    for nid, node in wf.items():
+        ct = node["class_type"]
+        if ct in core_outputs:
+            assert node["inputs"]["images"][0] in wf
+            continue
+        spec = rewardloop.NODE_CLASS_MAPPINGS[ct].INPUT_TYPES()
+        inputs = {**spec["required"], **spec.get("optional", {})}
+        assert set(spec["required"]) <= set(node["inputs"]), (nid, ct)
+        for key, value in node["inputs"].items():
+            assert key in inputs, (nid, key)
+            if isinstance(value, list):
+                src = rewardloop.NODE_CLASS_MAPPINGS[wf[value[0]]["class_type"]]
+                assert value[1] < len(src.RETURN_TYPES) and src.RETURN_TYPES[value[1]] == inputs[key][0], (nid, key)
+            elif isinstance(inputs[key][0], list):
+                assert value in inputs[key][0], (nid, key, value)
+            elif inputs[key][0] in ("INT", "FLOAT"):
+                opts = inputs[key][1]
+                assert opts.get("min", -1e18) <= value <= opts.get("max", 1e18), (nid, key, value)
