@@ -129,8 +129,7 @@ class DINOFeatures:
             import copy
             with torch.inference_mode(False):
                 model = copy.deepcopy(self.model)
-                for p in list(model.parameters()) + list(model.buffers()):
-                    p.data = p.data.clone()
+            L.normalize_inference_tensors(model)
             self.model = model
         self.model.requires_grad_(False)
         proc = self.handle.processor

@@ -375,7 +375,8 @@ def add_lora(components: SDComponents, lora_cfg: LoraConfig) -> None:
             te_cfg = PeftLoraConfig(r=int(lora_cfg.rank), lora_alpha=lora_cfg.lora_alpha,
                                     lora_dropout=lora_cfg.dropout, init_lora_weights="gaussian",
                                     target_modules=list(lora_cfg.text_targets))
-            te.add_adapter(te_cfg, adapter_name="rewardloop")
+            from peft import inject_adapter_in_model  # works on any module (transformers' add_adapter needs newer peft)
+            inject_adapter_in_model(te_cfg, te, adapter_name="rewardloop")
     for p in trainable_parameters(components):
         p.data = p.data.float()
     components.extra["lora_cfg"] = lora_cfg
@@ -895,7 +896,8 @@ def generate(components: SDComponents, prompts: list[str], seeds: list[int], ste
     if len(seeds) != len(prompts):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds.")
     pipe = components.pipeline()
-    default = int(components.unet.config.sample_size) * (2 ** (len(components.vae.config.block_out_channels) - 1))
+    down = 2 ** (len(components.vae.config.block_out_channels) - 1)   # 8 for SD; 2 for the tiny test VAE
+    default = int(components.unet.config.sample_size) * down
     width, height = width or default, height or default
     modules = [m for m in (components.unet, components.text_encoder, components.text_encoder_2) if m is not None]
     modes = [m.training for m in modules]
@@ -906,7 +908,8 @@ def generate(components: SDComponents, prompts: list[str], seeds: list[int], ste
         with torch.inference_mode(False), torch.no_grad():
             for p, s in zip(prompts, seeds):
                 g = torch.Generator("cpu").manual_seed(int(s))
-                latents = torch.randn((1, components.unet.config.in_channels, height // 8, width // 8), generator=g)
+                latents = torch.randn((1, components.unet.config.in_channels, height // down, width // down),
+                                      generator=g)
                 img = pipe(p, negative_prompt=negative or None, num_inference_steps=int(steps),
                            guidance_scale=float(cfg), width=width, height=height,
                            latents=latents.to(components.device, next(components.unet.parameters()).dtype),
@@ -964,10 +967,32 @@ def train_lora(components: SDComponents, dataset: list, objective, lora_cfg: Lor
                       class_dataset)
 
 
+def normalize_inference_tensors(model: torch.nn.Module) -> int:
+    """Replace tensors created under ``torch.inference_mode`` (ComfyUI loads) by ordinary copies, in place.
+
+    Autograd refuses inference tensors even as frozen weights; returns how many were replaced.
+    """
+    n = 0
+    with torch.inference_mode(False):
+        for mod in model.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.is_inference():
+                    mod._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                    n += 1
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.is_inference():
+                    mod._buffers[name] = b.clone()
+                    n += 1
+    return n
+
+
 def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume, progress, class_dataset):
     from diffusers.optimization import get_scheduler
     train_cfg.validate()
     lora_cfg.validate()
+    for m in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+        if m is not None:
+            normalize_inference_tensors(m)
     items = check_dataset(dataset)
     class_items = check_dataset(class_dataset, "class images") if class_dataset else []
     run_dir.mkdir(parents=True, exist_ok=True)
