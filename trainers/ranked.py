@@ -462,7 +462,6 @@ class RankedTrainer:
         self._base = base
         self._dtype, self._device = dtype, device
         self.components = None
-        self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- state
     def _open_state(self, fp: dict, resume: bool) -> dict:
