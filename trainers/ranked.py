@@ -673,6 +673,11 @@ class RankedTrainer:
 
     # ---------------------------------------------------------------- main loop
     def run(self, final_lora_path: str | Path | None = None, overwrite: bool = False) -> RankedResult:
+        """Do every round not done yet (and the eval pass); export the final LoRA to ``final_lora_path``."""
+        with torch.inference_mode(False), torch.enable_grad():  # callable from ComfyUI's inference mode
+            return self._run(final_lora_path, overwrite)
+
+    def _run(self, final_lora_path, overwrite: bool) -> RankedResult:
         final = Path(final_lora_path) if final_lora_path is not None else None
         if final is not None and final.exists() and not overwrite and self.state.get("final_lora") != str(final):
             raise FileExistsError(f"{final} already exists: choose another output name or turn on overwrite.")
