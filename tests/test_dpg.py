@@ -105,7 +105,7 @@ def test_critic_is_sized_from_the_latent_and_has_the_papers_size():
     c = D.Critic(4, 64, 64)  # 512 px SD latent
     assert sum(p.numel() for p in c.parameters()) == 262_310  # "0.26M" in the paper
     small = D.Critic(4, 8, 8)
-    assert small.fc1.in_features == 64 and all(float(p.min()) >= 0 for p in small.parameters())
+    assert small.fc1.in_features == 64 and all(float(p.detach().min()) >= 0 for p in small.parameters())
     assert small(torch.rand(3, 4, 8, 8)).shape == (3,)
 
 
@@ -231,3 +231,33 @@ def test_personalize_refuses_bad_inputs_before_training(tiny, out_env):
                    "x", False, "cpu")
     assert not (bridge.loras_dir().parent / "evil.safetensors").exists()
     assert not list(bridge.output_dir().glob("rewardloop_runs/*"))   # nothing was started
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_and_export_once(tiny, tmp_path, models_root):
+    """The CLI runs unchanged as a 2-process (gloo, CPU) job: rank 0 exports; rank 1 keeps its own RNG state."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    tiny("tiny-sd")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed")
+    refs_dir = tmp_path / "refs"
+    refs_dir.mkdir()
+    for i, im in enumerate(refs(2)):
+        im.save(refs_dir / f"{i}.png")
+    pack_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pack_parent, os.environ.get("PYTHONPATH", "")]),
+               REWARDLOOP_MODELS=str(models_root), REWARDLOOP_OUTPUT=str(tmp_path / "out"), OMP_NUM_THREADS="1",
+               REWARDLOOP_DEVICE="cpu", REWARDLOOP_NO_TQDM="1", HF_HUB_OFFLINE="1")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "rewardloop", "train-dpg",
+           "--base", "tiny-sd", "--refs", str(refs_dir), "--trigger", "sks", "--class-prompt", "a photo of a dog",
+           "--out", "ddp_test", "--steps", "2", "--resolution", "32", "--preset", "cpu", "--num-class-images", "1",
+           "--sample-steps", "1", "--save-every", "1", "--mode", "look_forward"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (models_root / "loras" / "ddp_test.safetensors").is_file()
+    ck = tmp_path / "out" / "rewardloop_runs" / "ddp_test" / "checkpoints"
+    assert (ck / "step_0000002").is_dir() and (ck / "rng_rank1_step_0000002.pt").is_file()

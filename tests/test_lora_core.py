@@ -177,10 +177,11 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny, fresh_cache, tmp
     assert any(float(v.abs().max()) > 0 for k, v in full.state.items() if "lora_up" in k)  # it trained
 
 
-def test_noise_mse_reduces_loss_on_a_fixed_draw(tiny, fresh_cache, tmp_path):
+def test_noise_mse_reduces_loss_with_accumulation_and_checkpointing(tiny, fresh_cache, tmp_path):
     data = [(im, "a photo of sks dog") for im in refs(2)]
     res = L.train_lora(L.load_base(tiny("tiny-sd"), device="cpu"), data, L.NoiseMSE(), L.LoraConfig(rank=4),
-                       L.TrainConfig(steps=4, lr=1e-2, resolution=32, save_every=0, batch_size=2, fixed_draw=True),
+                       L.TrainConfig(steps=4, lr=1e-2, resolution=32, save_every=0, batch_size=1, grad_accum=2,
+                                     gradient_checkpointing=True, cache_latents=False, fixed_draw=True),
                        tmp_path)
     losses = [float(r["loss"]) for r in L.read_log(res.log_csv)]
     assert losses[-1] < losses[0]
@@ -204,3 +205,74 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
     assert L.prepare_image(refs(1, mode="P")[0], 16).shape == (3, 16, 16)
     with pytest.raises(FileNotFoundError, match="not found"):
         L.load_base("no-such-model.safetensors")
+
+
+COMFY_MAP_SCRIPT = r"""
+import json, sys, types
+sys.path.insert(0, sys.argv[1])
+try:
+    import einops  # noqa: F401
+except ImportError:  # only rearrange/repeat are imported at module level; unet_to_diffusers needs neither
+    e = types.ModuleType("einops"); e.rearrange = e.repeat = None; sys.modules["einops"] = e
+import comfy.utils
+cfg = {"num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1],
+       "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1}
+print(json.dumps(comfy.utils.unet_to_diffusers(cfg)))
+"""
+
+
+def test_kohya_names_and_ldm_layout_agree_with_comfyui_key_map(tiny, fresh_cache):
+    """ComfyUI's own diffusers→LDM map (run in a subprocess) resolves every exported UNet LoRA key to a weight
+    of our single-file checkpoint with the right shape; text-encoder keys follow ComfyUI's template."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    comfy_dir = Path(os.environ.get("COMFYUI_DIR", "/work/comfyui"))
+    if not (comfy_dir / "comfy" / "utils.py").is_file():
+        pytest.skip("no ComfyUI checkout to compare with")
+    proc = subprocess.run([sys.executable, "-c", COMFY_MAP_SCRIPT, str(comfy_dir)], capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"ComfyUI's utils did not import here: {proc.stderr.strip().splitlines()[-1:]}")
+    cmap = json.loads(proc.stdout.strip().splitlines()[-1])
+    comfy_keys = {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): "model.diffusion_model." + v
+                  for k, v in cmap.items() if k.endswith(".weight")}          # as comfy/lora.py builds them
+    c = L.load_base(tiny("tiny-sd"), device="cpu")
+    L.add_lora(c, L.LoraConfig(rank=2, train_text_encoder=True))
+    sd = L.lora_state_dict(c)
+    from safetensors import safe_open
+    from rewardloop.weights.registry import resolve
+    with safe_open(str(resolve(tiny("tiny-sd-single")).path), "pt") as f:
+        ldm = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    unet_names = sorted({k.split(".")[0] for k in sd if k.startswith("lora_unet_")})
+    assert len(unet_names) == 32
+    for n in unet_names:
+        assert n in comfy_keys, f"ComfyUI would not match {n}"
+        target = comfy_keys[n]
+        out_f, in_f = sd[n + ".lora_up.weight"].shape[0], sd[n + ".lora_down.weight"].shape[1]
+        assert ldm[target] == [out_f, in_f], (n, target)
+    template = (comfy_dir / "comfy" / "lora.py").read_text()
+    assert '"lora_te_text_model_encoder_layers_{}_{}"' in template
+    te = sorted({k.split(".")[0] for k in sd if k.startswith("lora_te_")})
+    allowed = {f"lora_te_text_model_encoder_layers_{b}_self_attn_{p}" for b in range(2)
+               for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    assert set(te) == allowed
+
+
+def test_sdxl_folder_trains_and_exports_te1_te2_keys(tmp_path, fresh_cache):
+    from rewardloop.weights.tiny import make_sdxl_pipeline
+    folder = tmp_path / "tiny-sdxl"
+    make_sdxl_pipeline().save_pretrained(folder, safe_serialization=True)
+    c = L.load_base(folder, device="cpu")
+    assert c.is_sdxl and c.family == "sdxl" and c.text_encoder_2 is not None
+    data = [(im, "a photo of sks dog") for im in refs(1)]
+    res = L.train_lora(c, data, L.NoiseMSE(), L.LoraConfig(rank=2, train_text_encoder=True),
+                       L.TrainConfig(steps=2, lr=1e-3, resolution=32, save_every=0), tmp_path / "run")
+    prefixes = {k.split("_text_model")[0] for k in res.state if k.startswith("lora_te")}
+    assert prefixes == {"lora_te1", "lora_te2"}
+    assert "lora_te2_text_model_encoder_layers_1_self_attn_out_proj.lora_up.weight" in res.state
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_") for k in res.state)
+    img = L.generate(c, ["a photo of sks dog"], [0], steps=2, width=32, height=32)[0]
+    assert img.size == (32, 32)

@@ -254,6 +254,10 @@ class DPGObjective:
             lc = ((q - target) ** 2).mean()
             self.critic_opt.zero_grad(set_to_none=True)
             lc.backward()
+            acc = trainer.accelerator
+            if acc.num_processes > 1:  # one critic for all processes
+                for p in self.critic.parameters():
+                    p.grad = acc.reduce(p.grad, reduction="mean")
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
             self.critic_opt.step()
         self.critic.requires_grad_(False)
@@ -413,18 +417,26 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     weights = weights or DPGWeights.for_mode(mode)
     weights.validate()
     from accelerate import PartialState
-    state = PartialState()  # under `accelerate launch`: one process per GPU, each on its own device
+    import os
+    cpu = str(device or os.environ.get("REWARDLOOP_DEVICE", "")).startswith("cpu") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)  # under `accelerate launch`/torchrun: one process per GPU (or CPU worker)
     dev = torch.device(device) if device else (state.device if state.num_processes > 1 else bridge.get_device())
     pre = resolve_preset(preset, dev)
     run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name)
     bridge.free_memory(int(6 * 2 ** 30), dev)
     comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
-    if comps.vae.dtype != torch.float32 and weights.dino > 0:
-        comps.vae.to(torch.float32)  # decode in fp32 for the DINO reward
+    if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
+        comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
     class_items = []
     if num_class_images > 0 and weights.prior > 0:
-        class_items = class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
-                                   resolution=resolution, steps=sample_steps)
+        def make_class():
+            return class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
+                                resolution=resolution, steps=sample_steps)
+        if state.is_main_process:  # generated once, by rank 0; the other processes read the cache
+            class_items = make_class()
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            class_items = make_class()
     lcfg = L.LoraConfig(rank=int(rank or pre.rank), train_text_encoder=pre.train_text_encoder)
     samples = tuple(sample_prompts) if sample_prompts is not None else (
         instance_prompt, f"{instance_prompt} on the beach")

@@ -763,16 +763,23 @@ def sample_latents(params: torch.Tensor, trainer: Trainer, scale: float) -> torc
 
 # ====================================================================== checkpoints
 def _rng_state(gen: torch.Generator) -> dict:
-    return {"gen": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
+    """Every RNG as tensors / plain ints, so the checkpoint loads with ``torch.load(weights_only=True)``."""
+    key, pos_arr, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state(),
+            "numpy": {"key": key, "state": torch.from_numpy(pos_arr.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": [int(version), list(py_state), gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(gen: torch.Generator, st: dict) -> None:
     gen.set_state(st["gen"])
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, py_state, gauss = st["python"]
+    random.setstate((version, tuple(py_state), gauss))
     if st.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -786,6 +793,13 @@ def _trainable_named(components: SDComponents) -> dict[str, torch.nn.Parameter]:
             if "lora_" in n:
                 out[prefix + n] = p
     return out
+
+
+def _save_rank_rng(run_dir: Path, step: int, generator: torch.Generator, rank: int) -> None:
+    """Ranks > 0 of a multi-process run keep their own noise generator next to rank 0's checkpoint."""
+    p = run_dir / "checkpoints" / f"rng_rank{rank}_step_{step:07d}.pt"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(p, lambda tmp: torch.save(generator.get_state(), tmp))
 
 
 def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, generator, objective,
@@ -809,6 +823,10 @@ def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, g
     done = sorted(p for p in ck_root.glob("step_*") if (p / "meta.json").is_file())
     for old in done[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    kept = {p.name for p in done[-max(1, keep):]}
+    for f in ck_root.glob("rng_rank*_step_*.pt"):  # other ranks' generators of pruned checkpoints
+        if "step_" + f.stem.split("_step_")[-1] not in kept and f.stem.split("_step_")[-1] < f"{step:07d}":
+            f.unlink(missing_ok=True)
     return final
 
 
@@ -818,7 +836,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(ck: Path, components, optimizer, lr_sched, generator, objective) -> int:
-    st = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+    st = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
     named = _trainable_named(components)
     missing = set(named) ^ set(st["params"])
     if missing:
@@ -1005,7 +1023,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
-    generator = torch.Generator("cpu").manual_seed(seed)
+    rank = accelerator.process_index  # under `accelerate launch` each process draws its own noise / timesteps
+    generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * rank)
 
     if not any(True for _ in _lora_modules(components.unet)):
         torch.manual_seed(seed)
@@ -1022,8 +1041,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                              num_warmup_steps=int(train_cfg.warmup_steps) * nproc,
                              num_training_steps=int(train_cfg.steps) * nproc)
     trainer = Trainer(components, train_cfg, accelerator, generator)
-    # DDP wrapper under `accelerate launch` with several processes; the module itself otherwise
-    trainer.unet_model = accelerator.prepare_model(components.unet) if nproc > 1 else components.unet
+    # several processes: LoRA gradients (UNet and text encoders) are averaged with accelerator.reduce below
+    trainer.unet_model = components.unet
     trainer.objective = objective
     setup = getattr(objective, "setup", None)
 
@@ -1093,6 +1112,9 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     ck = latest_checkpoint(run_dir) if resume else None
     if ck is not None:
         start_step = load_checkpoint(ck, components, optimizer, lr_sched, generator, objective)
+        rank_rng = ck.parent / f"rng_rank{rank}_step_{start_step:07d}.pt"
+        if rank > 0 and rank_rng.is_file():
+            generator.set_state(torch.load(rank_rng, weights_only=True))
         log.info("resumed from %s (step %d)", ck, start_step)
     elif not resume and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")
@@ -1138,6 +1160,10 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                         raise FloatingPointError(f"The loss became {float(loss)} at step {step + 1}: lower the "
                                                  "learning rate or use bf16/fp32.")
                     accelerator.backward(loss)
+                    if nproc > 1 and accelerator.sync_gradients:
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
                     if accelerator.sync_gradients and train_cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(params, float(train_cfg.max_grad_norm))
                     optimizer.step()
@@ -1159,6 +1185,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                 if accelerator.is_main_process:
                     save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                                     train_cfg.keep_checkpoints)
+                else:
+                    _save_rank_rng(run_dir, step, generator, rank)
             if train_cfg.sample_every and train_cfg.sample_prompts and step % int(train_cfg.sample_every) == 0:
                 samples += _save_samples(components, train_cfg, run_dir, step)
             bar({"step": step, "total": total, "loss": loss_acc, "eta_s": _eta(t0, step - start_step,
@@ -1168,6 +1196,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
             save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                             train_cfg.keep_checkpoints)
             plot_loss(log_csv, run_dir / "loss.png")
+        elif step > start_step:
+            _save_rank_rng(run_dir, step, generator, rank)
         raise
     finally:
         bar.close()
@@ -1177,6 +1207,8 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     if accelerator.is_main_process:
         ck_path = save_checkpoint(run_dir, step, components, optimizer, lr_sched, generator, objective,
                                   train_cfg.keep_checkpoints)
+    else:
+        _save_rank_rng(run_dir, step, generator, rank)
     if train_cfg.eval_seed is not None:
         metrics_out["eval_loss_end"] = fixed_eval()
     state = lora_state_dict(components)

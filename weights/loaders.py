@@ -258,6 +258,10 @@ def load_sd_pipeline(name: str, dtype=None, device=None) -> ModelHandle:
     dtype, device = _dtype_device(dtype, device)
 
     def load():
+        if r.path.is_file():  # single-file checkpoint (SD1.x/2.x/SDXL), offline with bundled configs
+            from ..trainers.lora import load_base
+            pipe = load_base(r.path, dtype=dtype, device=device).pipeline()
+            return ModelHandle("sd", str(name), r.path, pipe, None, dtype, device)
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained(r.path, local_files_only=True, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)

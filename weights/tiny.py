@@ -288,6 +288,32 @@ def build_sd(out: Path) -> Path:
     return out
 
 
+def make_sdxl_pipeline(seed: int = 11):
+    """A tiny SDXL pipeline (two CLIP text encoders, text_time added conditioning), in memory."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    seed_all(seed)
+    tok = clip_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                                norm_num_groups=32, attention_head_dim=(2, 4), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=32, sample_size=16)
+    kw = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+              hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tok),
+              max_position_embeddings=77, projection_dim=32, hidden_act="gelu")
+    te = CLIPTextModel(CLIPTextConfig(**kw))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**kw))
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
+                                     unet=unet, scheduler=sched)
+
+
 # ---------------------------------------------------------------- Stable Diffusion (single file, LDM layout)
 def _unet_to_ldm(sd: dict, cfg) -> dict:
     """diffusers UNet2DConditionModel keys → original LDM ``model.diffusion_model.*`` keys.
@@ -394,6 +420,7 @@ def sd_to_ldm_state_dict(pipe) -> dict:
 def build_sd_single(out_file: Path) -> Path:
     """The tiny SD as one ``.safetensors`` in the original layout; the metadata names its diffusers config."""
     from safetensors.torch import save_file
+    build("tiny-sd", out_file.parent.parent)  # its config (named in the metadata) lives in the diffusers folder
     sd = sd_to_ldm_state_dict(make_sd_pipeline())
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out_file), metadata={"rewardloop.diffusers_config": "tiny-sd", "format": "pt"})
