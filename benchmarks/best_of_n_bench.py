@@ -87,6 +87,9 @@ def main(argv=None) -> int:
         except (ImportError, ModuleNotFoundError) as e:
             skipped.append(f"{name} (module missing: {e})")
             continue
+        except Exception as e:  # one broken reward must not hide the others' numbers
+            skipped.append(f"{name} (could not be built: {type(e).__name__}: {e})")
+            continue
         scorer(ims[:1], ["warm-up prompt"])  # warm-up: load models (not timed)
         tb = tl = float("inf")
         for r in range(args.repeat):
