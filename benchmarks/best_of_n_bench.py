@@ -5,7 +5,8 @@
 Builds tiny random models (no downloads) in a temporary folder, warms every scorer up once (model loading is
 not timed), then times one batched call against N single-image calls, side by side in one run, and prints the
 ratio (loop time / batched time) per reward and overall. Rewards whose module is not in this checkout are
-skipped and named. It also checks that batched and looped scores agree.
+skipped and named. Each timed call gets fresh prompt text, so per-(label, prompt) caches inside a reward
+never favour either side; an untimed run then checks that batched and looped scores agree (max |diff|).
 """
 from __future__ import annotations
 
@@ -86,15 +87,24 @@ def main(argv=None) -> int:
         except (ImportError, ModuleNotFoundError) as e:
             skipped.append(f"{name} (module missing: {e})")
             continue
-        scorer(ims[:1], prompts[:1])  # warm-up: load models, fill nothing that the timed runs reuse per image
+        except Exception as e:  # one broken reward must not hide the others' numbers
+            skipped.append(f"{name} (could not be built: {type(e).__name__}: {e})")
+            continue
+        scorer(ims[:1], ["warm-up prompt"])  # warm-up: load models (not timed)
         tb = tl = float("inf")
-        for _ in range(args.repeat):
+        for r in range(args.repeat):
+            # fresh prompt text per timed call, so a reward's (label, prompt) caches never favour either side
+            pb = [f"{p} (run {r} batched)" for p in prompts]
+            pl = [f"{p} (run {r} loop)" for p in prompts]
             t0 = time.perf_counter()
-            batched = scorer(ims, prompts)
+            scorer(ims, pb)
             tb = min(tb, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            looped = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
+            for im, pr in zip(ims, pl):
+                scorer([im], [pr])
             tl = min(tl, time.perf_counter() - t0)
+        batched = scorer(ims, prompts)  # agreement check (not timed)
+        looped = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
         diff = 0.0
         for j, s in enumerate(batched):
             diff = max(diff, max(abs(s.values[i] - looped[i][j].values[0]) for i in range(args.n)))
