@@ -17,15 +17,6 @@ from rewardloop.trainers.prompts import PromptFileError, parse_prompt_text, read
 RES = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny UNet is far faster on one thread than on two contended ones (shared 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------- fakes
 def brightness(images, prompts):
     return [RewardScores("brightness", [float(np.asarray(im, dtype=np.float64).mean() / 255.0) for im in images],
