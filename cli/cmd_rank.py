@@ -36,10 +36,33 @@ def register(sub):
                    help="images per prompt; each group is ranked on its own (0 = one group)")
     p.add_argument("--out", required=True, help="output folder (refused when it exists and is not empty)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
-    p.add_argument("--model", action="append", metavar="ROLE=MODEL", help="model for a role (see `score`)")
+    p.add_argument("--model", action="append", metavar="ROLE=MODEL",
+                   help="model for a role, e.g. captioner=blip-large, llm=…, rich_feedback=…; given only to the "
+                        "rewards that take that role; REWARD.ROLE=MODEL (e.g. sam_llm.captioner=…) for one reward")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
     p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
     p.set_defaults(func=cmd_rank)
+
+
+# the model roles each built-in reward takes; an unscoped --model ROLE=… goes only to the rewards that take ROLE
+REWARD_ROLES = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
+                "rich": {"rich_feedback"}}
+
+
+def models_for(reward: str, models: dict[str, str]) -> dict[str, str]:
+    """Split ``--model`` options between rewards: ``reward.role=X`` goes to that reward only (e.g.
+    ``sam_llm.captioner=blip-large``, ``sam_llm.points_per_side=8``); a plain ``role=X`` goes to the rewards
+    that take that role (``llm=…`` only to sam_llm), and any other key to every reward."""
+    known = set().union(*REWARD_ROLES.values())
+    out = {}
+    for key, value in models.items():
+        if "." in key:
+            scope, role = key.split(".", 1)
+            if scope == reward:
+                out[role] = value
+        elif key not in known or key in REWARD_ROLES.get(reward, known):
+            out[key] = value
+    return out
 
 
 def expand_prompts(prompts: list[str], n: int, group_size: int) -> list[str]:
@@ -90,16 +113,19 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
         th = images[i].copy()
         th.thumbnail((THUMB, THUMB))
         _save_png(out / "thumbs" / f"{i:04d}.png", th)
-        cells = []
+        cells, seen = [], set()
         for s in scores:
             for key, hm in detail_heatmaps(s.details[i] if s.details else {}).items():
+                if key in seen:  # a reward with several scores (rich) repeats its maps in each score's details
+                    continue
+                seen.add(key)
                 (out / "heatmaps").mkdir(exist_ok=True)
                 img_t = pil_to_image(th)
                 ov = overlay(img_t, torch.from_numpy(hm), "jet", 0.6)
                 from ..rewards.images import image_to_pil
-                rel = f"heatmaps/{i:04d}_{s.name}_{key}.png"
+                rel = f"heatmaps/{i:04d}_{key}.png"
                 _save_png(out / rel, image_to_pil(ov)[0])
-                cells.append((f"{s.name}: {key}", rel))
+                cells.append((key.replace("_", " "), rel))
         heat_cells[i] = cells
     # CSV
     buf = io.StringIO()
@@ -156,7 +182,7 @@ def cmd_rank(args) -> int:
             raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
     per_reward = []
     for name in reward_names:
-        scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
+        scorer = make_scorer(name, models=models_for(name, models), device=args.device, dtype=args.dtype)
         per_reward.append(list(scorer(images, prompts)))
     scores = [s for group in per_reward for s in group]
     ranking = assemble_rank(scores, score_weights(reward_names, per_reward, weights), args.mode, args.group_size)

@@ -165,8 +165,8 @@ def _fake_module():
     def rich(images, prompts):
         hm = [np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8) for _ in images]
         vals = [float(np.asarray(im)[..., 1].mean()) / 255 for im in images]
-        return [RewardScores("plausibility", vals, True, (0, 1), [{"implausibility_heatmap": h} for h in hm]),
-                RewardScores("overall", vals, True, (0, 1))]
+        det = [{"implausibility_heatmap": h} for h in hm]
+        return [RewardScores("plausibility", vals, True, (0, 1), det), RewardScores("overall", vals, True, (0, 1), det)]
 
     mod.make_bright = lambda models=None, **kw: FunctionScorer(["bright"], bright)
     mod.make_red = lambda models=None, **kw: FunctionScorer(["red_err"], red_err)
@@ -201,7 +201,7 @@ def test_rank_cli_with_fake_rewards(tmp_path, monkeypatch, capsys):
     assert ranked == ["001_img3.png", "002_img1.png", "003_img0.png", "004_img2.png"]
     assert (out / "ranked" / "001_img3.png").read_bytes() == (src / "img3.png").read_bytes()
     page = (out / "index.html").read_text()
-    assert "thumbs/0003.png" in page and "implausibility_heatmap" in page
+    assert "thumbs/0003.png" in page and "heatmaps/0003_implausibility_heatmap.png" in page
     assert len(list((out / "heatmaps").iterdir())) == 4
     # never overwrite: a non-empty --out is refused, --overwrite allows it
     assert main(["rank", "--rewards", "caption", "--prompt", "x", str(src), "--out", str(out)]) == 1
@@ -231,3 +231,13 @@ def test_score_with_scorer_node_gives_scores_table_and_heatmap(image_batch):
     assert heat.shape == (2, 16, 24) and heat[0, 0, 0] < 0.1 and heat[0, -1, -1] > 0.9
     *_, none_heat = node.score(fake.make_bright(), imgs, "a thing")
     assert none_heat.shape == (2, 16, 24) and none_heat.max() == 0
+
+
+def test_rank_cli_splits_model_roles_between_rewards():
+    from rewardloop.cli.cmd_rank import models_for
+    models = {"captioner": "c", "text_encoder": "t", "sam": "s", "llm": "l", "rich_feedback": "r",
+              "sam_llm.captioner": "c2", "points_per_side": "8"}
+    assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t", "points_per_side": "8"}
+    assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "captioner": "c2", "points_per_side": "8"}
+    assert models_for("rich", models) == {"rich_feedback": "r", "points_per_side": "8"}
+    assert models_for("custom", {"captioner": "c"}) == {"captioner": "c"}
