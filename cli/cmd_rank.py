@@ -44,27 +44,6 @@ def register(sub):
     p.set_defaults(func=cmd_rank)
 
 
-# the model roles each built-in reward takes; an unscoped --model ROLE=… goes only to the rewards that take ROLE
-REWARD_ROLES = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
-                "rich": {"rich_feedback"}}
-
-
-def models_for(reward: str, models: dict[str, str]) -> dict[str, str]:
-    """Split ``--model`` options between rewards: ``reward.role=X`` goes to that reward only (e.g.
-    ``sam_llm.captioner=blip-large``, ``sam_llm.points_per_side=8``); a plain ``role=X`` goes to the rewards
-    that take that role (``llm=…`` only to sam_llm), and any other key to every reward."""
-    known = set().union(*REWARD_ROLES.values())
-    out = {}
-    for key, value in models.items():
-        if "." in key:
-            scope, role = key.split(".", 1)
-            if scope == reward:
-                out[role] = value
-        elif key not in known or key in REWARD_ROLES.get(reward, known):
-            out[key] = value
-    return out
-
-
 def expand_prompts(prompts: list[str], n: int, group_size: int) -> list[str]:
     if group_size and group_size > 0 and len(prompts) > 1 and len(prompts) * group_size == n:
         return [p for p in prompts for _ in range(group_size)]
@@ -108,7 +87,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
         if dest.exists() and not overwrite:
             raise ValueError(f"{dest} already exists: add --overwrite to replace it.")
         atomic_save(dest, lambda tmp, src=files[i]: shutil.copyfile(src, tmp))
-    rows, heat_cells = [], {}
+    heat_cells = {}
     for i in ranking.order:
         th = images[i].copy()
         th.thumbnail((THUMB, THUMB))
@@ -182,7 +161,7 @@ def cmd_rank(args) -> int:
             raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
     per_reward = []
     for name in reward_names:
-        scorer = make_scorer(name, models=models_for(name, models), device=args.device, dtype=args.dtype)
+        scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
         per_reward.append(list(scorer(images, prompts)))
     scores = [s for group in per_reward for s in group]
     ranking = assemble_rank(scores, score_weights(reward_names, per_reward, weights), args.mode, args.group_size)

@@ -5,6 +5,8 @@ with a ``names`` attribute (the reward names it produces, e.g. ``["caption"]`` o
 Each reward module provides ``make_scorer(models: dict[str, str], device=None, dtype=None, **options)``,
 where ``models`` maps a role (``captioner``, ``text_encoder``, ``sam``, ``clip``, ``llm``, ``rich_feedback``)
 to a catalogue key, a model-folder name or a path; roles left out take the module's light defaults.
+:func:`make_scorer` hands each reward only its own roles (see :func:`models_for`), so one option set can
+drive several rewards.
 ComfyUI nodes pass scorers along in the ``REWARDLOOP_SCORER`` socket.
 """
 from __future__ import annotations
@@ -44,6 +46,27 @@ class FunctionScorer:
         return f"<scorer {', '.join(self.names)}>"
 
 
+# the model roles each built-in reward takes; an unscoped ROLE=… goes only to the rewards that take ROLE
+REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
+                                     "rich": {"rich_feedback"}}
+
+
+def models_for(reward: str, models: dict[str, str]) -> dict[str, str]:
+    """Split model options between rewards: ``reward.role=X`` goes to that reward only (e.g.
+    ``sam_llm.captioner=blip-large``, ``sam_llm.points_per_side=8``); a plain ``role=X`` goes to the rewards
+    that take that role (``llm=…`` only to sam_llm), and any other key to every reward."""
+    known = set().union(*REWARD_ROLES.values())
+    out = {}
+    for key, value in models.items():
+        if "." in key:
+            scope, role = key.split(".", 1)
+            if scope == reward:
+                out[role] = value
+        elif key not in known or key in REWARD_ROLES.get(reward, known):
+            out[key] = value
+    return out
+
+
 def available() -> list[str]:
     return sorted(SCORER_FACTORIES)
 
@@ -53,7 +76,7 @@ def make_scorer(name: str, models: dict[str, str] | None = None, **options) -> S
         raise ValueError(f"Unknown reward {name!r}: choose from {', '.join(available())}.")
     mod_name, fn_name = SCORER_FACTORIES[name].split(":")
     mod = importlib.import_module(mod_name, __package__)
-    return getattr(mod, fn_name)(models=dict(models or {}), **options)
+    return getattr(mod, fn_name)(models=models_for(name, dict(models or {})), **options)
 
 
 def parse_model_options(items: Sequence[str] | None) -> dict[str, str]:

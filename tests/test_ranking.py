@@ -234,10 +234,25 @@ def test_score_with_scorer_node_gives_scores_table_and_heatmap(image_batch):
 
 
 def test_rank_cli_splits_model_roles_between_rewards():
-    from rewardloop.cli.cmd_rank import models_for
+    from rewardloop.rewards.scoring import models_for
     models = {"captioner": "c", "text_encoder": "t", "sam": "s", "llm": "l", "rich_feedback": "r",
               "sam_llm.captioner": "c2", "points_per_side": "8"}
     assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t", "points_per_side": "8"}
     assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "captioner": "c2", "points_per_side": "8"}
     assert models_for("rich", models) == {"rich_feedback": "r", "points_per_side": "8"}
     assert models_for("custom", {"captioner": "c"}) == {"captioner": "c"}
+
+
+def test_make_scorer_gives_each_reward_only_its_roles(monkeypatch):
+    """`score`, `rank`, `fix`, the trainers and A1111 all pass one option set to several rewards."""
+    import sys
+    import types
+
+    from rewardloop.rewards import scoring
+    got = {}
+    fake = types.ModuleType("rewardloop.rewards._fake_factory")
+    fake.make = lambda models, **kw: got.setdefault("models", models)
+    monkeypatch.setitem(sys.modules, "rewardloop.rewards._fake_factory", fake)
+    monkeypatch.setitem(scoring.SCORER_FACTORIES, "caption", "._fake_factory:make")
+    scoring.make_scorer("caption", {"captioner": "c", "llm": "l", "sam_llm.sam": "s", "caption.text_encoder": "t"})
+    assert got["models"] == {"captioner": "c", "text_encoder": "t"}

@@ -13,7 +13,7 @@ from rewardloop.rewards.images import image_to_pil
 from rewardloop.rewards.llm_judge import (JudgeCache, LLMJudge, clamp_score, digit_token_ids, parse_tag_scores)
 from rewardloop.rewards.sam_llm import (SamLlmReward, reward_from_scores, segment_table, unlikely_heatmap)
 from rewardloop.rewards.segments import (concat_segments, masks_to_boxes, point_grid, segment_images,
-                                         split_segments, whole_image_segment)
+                                         split_segments)
 from rewardloop.rewards.types import Segments
 
 LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)

@@ -19,15 +19,13 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import bridge
-from ..fileio import atomic_save, atomic_write_text, safe_output_path
+from ..fileio import atomic_save, safe_output_path
 
 log = logging.getLogger("rewardloop")
 
