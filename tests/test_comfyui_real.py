@@ -145,8 +145,9 @@ def comfy(tmp_path_factory):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "REWARDLOOP_MODELS": str(models), "PYTHONUNBUFFERED": "1"}
     env.pop("COMFYUI_PATH", None)
+    # --base-directory: ComfyUI's own models/ (where trained LoRAs are written) is the temporary one, not the checkout's
     cmd = [py, str(comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", str(cfg), "--disable-all-custom-nodes",
+           "--base-directory", str(tmp), "--extra-model-paths-config", str(cfg), "--disable-all-custom-nodes",
            "--whitelist-custom-nodes", PACK_FOLDER,
            "--output-directory", str(dirs["output"]), "--input-directory", str(dirs["input"]),
            "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
@@ -155,7 +156,7 @@ def comfy(tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=lf, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     server = Comfy(f"http://127.0.0.1:{port}", proc, log, dirs["output"])
-    server.models_root, server.python = models, py
+    server.models_root, server.python, server.input_dir = models, py, dirs["input"]
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -247,7 +248,15 @@ def test_workflow_runs_on_tiny_models(comfy, object_info, path):
     ok, reason = tiny_run.entry_for(name, plan)
     if not ok:
         pytest.skip(reason)
+    for lora in plan[name].get("requires", []):
+        if not (comfy.models_root / "loras" / lora).is_file():
+            pytest.skip(f"needs LoRA {lora}, written by an earlier workflow of this run (run the whole file)")
     files = _build_models(plan[name], comfy.models_root, comfy.python)
+    for fname, (w, h) in plan[name].get("inputs", {}).items():
+        import numpy as np
+        from PIL import Image
+        rng = np.random.default_rng(len(fname) + w * h)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(comfy.input_dir / fname)
     prompt = tiny_run.apply(json.loads(path.read_text()), plan[name], files)
     live = {ct: comfy.get(f"/object_info/{ct}")[ct] for ct in {n["class_type"] for n in prompt.values()}}
     errs = validate_api(prompt, live)  # live specs, fetched after building: the tiny model names must be offered

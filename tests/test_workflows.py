@@ -301,3 +301,37 @@ def test_every_ui_workflow_has_a_preview():
     for ui in UI_FILES:
         assert (WF / "previews" / (ui.stem + ".png")).is_file(), \
             f"render it: python -m rewardloop workflows --previews ({ui.name})"
+
+
+def test_every_workflow_has_a_tiny_plan_entry_and_its_extras_fit():
+    """Each shipped workflow is either run by the real-ComfyUI test or says why not; input images the plan writes
+    are the ones the workflow's LoadImage nodes load, and a LoRA a workflow requires is written by a workflow that
+    runs before it (the real test runs them in file-name order)."""
+    plan = tiny_run.load_plan()
+    order = [api.name[:-len(".api.json")] for api in sorted(API_FILES)]
+    for name in order:
+        assert name in plan, f"add an entry for {name} to workflows/tiny_models.json"
+    for i, name in enumerate(order):
+        e = plan[name]
+        prompt = json.loads((WF / f"{name}.api.json").read_text())
+        loaded = {n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"}
+        assert set(e.get("inputs", {})) == loaded, f"{name}: plan inputs {sorted(e.get('inputs', {}))} != {sorted(loaded)}"
+        for lora in e.get("requires", []):
+            writers = []
+            for earlier in order[:i]:
+                ep = tiny_run.apply(json.loads((WF / f"{earlier}.api.json").read_text()), plan[earlier],
+                                    {a: "x.safetensors" for a in plan[earlier].get("models", {})})
+                writers += [n["inputs"]["output_name"] + ".safetensors" for n in ep.values()
+                            if n["class_type"] == "RewardLoopPersonalizeDPG"]
+            assert lora in writers, f"{name} requires {lora}, which no earlier workflow writes ({writers})"
+            applied = tiny_run.apply(prompt, e, {a: "x.safetensors" for a in e.get("models", {})})
+            assert lora in [n["inputs"].get("lora_name") for n in applied.values()], name
+
+
+def test_readme_lists_every_workflow_with_its_preview():
+    readme = (WF.parent / "README.md").read_text()
+    section = readme[readme.index("## Workflows"):readme.index("## Command line")]
+    for api in API_FILES:
+        name = api.name[:-len(".api.json")]
+        assert f"| [`{name}`](workflows/{name}.json) |" in section, f"README: add a table row for {name}"
+        assert f"(workflows/previews/{name}.png)" in section, f"README: add the preview of {name}"
