@@ -4,7 +4,7 @@
 2. the same with keyword decoding on;
 3. TFRecord reading with CRC verification vs without.
 
-Run: ``python benchmarks/rich_feedback.py`` (builds tiny models in a temporary folder).
+Run: ``python benchmarks/rich_feedback_bench.py`` (builds tiny models in a temporary folder).
 """
 from __future__ import annotations
 
