@@ -458,14 +458,7 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
         return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
     lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
-    imgs = L.generate(comps, list(samples), [int(seed) + i for i in range(len(samples))], steps=sample_steps,
-                      width=int(resolution), height=int(resolution))
-    files = []
-    for i, im in enumerate(imgs):
-        p = run_dir / "samples" / f"final_{i}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(p, lambda tmp, im=im: im.save(tmp, format="PNG"))
-        files.append(p)
+    imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
     rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
     state.wait_for_everyone()
     return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,

@@ -1222,15 +1222,21 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                        samples=samples, metrics=metrics_out, checkpoint=ck_path)
 
 
-def _save_samples(components, train_cfg, run_dir: Path, step: int) -> list[Path]:
-    prompts = list(train_cfg.sample_prompts)
-    imgs = generate(components, prompts, [int(train_cfg.seed) + i for i in range(len(prompts))],
-                    steps=int(train_cfg.sample_steps), cfg=float(train_cfg.sample_cfg),
-                    width=int(train_cfg.resolution), height=int(train_cfg.resolution))
+def save_samples(components, prompts, seed: int, steps: int, cfg: float, resolution: int, folder: Path,
+                 stem: str) -> tuple[list, list[Path]]:
+    """Generate one image per prompt (seeds ``seed, seed+1, …``) and save them atomically as ``stem_<i>.png``."""
+    prompts = list(prompts)
+    imgs = generate(components, prompts, [int(seed) + i for i in range(len(prompts))], steps=int(steps),
+                    cfg=float(cfg), width=int(resolution), height=int(resolution))
     out = []
     for i, img in enumerate(imgs):
-        p = run_dir / "samples" / f"step_{step:07d}_{i}.png"
+        p = Path(folder) / f"{stem}_{i}.png"
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(p, lambda tmp, im=img: im.save(tmp, format="PNG"))
         out.append(p)
-    return out
+    return imgs, out
+
+
+def _save_samples(components, train_cfg, run_dir: Path, step: int) -> list[Path]:
+    return save_samples(components, train_cfg.sample_prompts, train_cfg.seed, train_cfg.sample_steps,
+                        train_cfg.sample_cfg, train_cfg.resolution, run_dir / "samples", f"step_{step:07d}")[1]
