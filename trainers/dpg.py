@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import bridge
-from ..fileio import atomic_save, safe_output_path
+from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
 
 log = logging.getLogger("rewardloop")
@@ -302,7 +302,7 @@ def class_images(components: L.SDComponents, class_prompt: str, n: int, cache_di
         if old != manifest:  # different prompt/base/settings: start this cache afresh
             for p in cache_dir.glob("class_*.png"):
                 p.unlink()
-    mf.write_text(json.dumps(manifest))
+    atomic_write_text(mf, json.dumps(manifest))
     out = []
     for i in range(int(n)):
         p = cache_dir / f"class_{i:04d}.png"

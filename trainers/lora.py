@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import bridge
-from ..fileio import atomic_save, safe_output_path
+from ..fileio import atomic_save, atomic_write_text, safe_output_path
 
 log = logging.getLogger("rewardloop")
 
@@ -1012,9 +1012,10 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     items = check_dataset(dataset)
     class_items = check_dataset(class_dataset, "class images") if class_dataset else []
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"lora": asdict(lora_cfg), "train": asdict(train_cfg),
-                                                     "objective": getattr(objective, "name", type(objective).__name__),
-                                                     "base": components.source}, indent=1, default=str))
+    atomic_write_text(run_dir / "config.json", json.dumps({
+        "lora": asdict(lora_cfg), "train": asdict(train_cfg),
+        "objective": getattr(objective, "name", type(objective).__name__), "base": components.source},
+        indent=1, default=str))
     device = components.device
     accelerator = _make_accelerator(train_cfg, cpu=device.type == "cpu")
     seed = int(train_cfg.seed)
