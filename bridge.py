@@ -27,6 +27,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "LLM": (),             # chat LLMs (HF folders or .gguf)
     "rich_feedback": (),   # RAHF checkpoints (our format: folder with config.json + safetensors)
     "dino": (),            # DINO ViT (HF folders)
+    "rewards": (".pt", ".pth", ".safetensors"),  # preference rewards: HPS, ImageReward folder, aesthetic heads
     "checkpoints": (".safetensors", ".ckpt", ".pt", ".pth"),
     "diffusers": (),
     "loras": (".safetensors",),

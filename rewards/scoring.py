@@ -3,8 +3,9 @@
 A *scorer* is a callable ``scorer(images: list[PIL.Image], prompts: list[str]) -> list[RewardScores]``
 with a ``names`` attribute (the reward names it produces, e.g. ``["caption"]`` or the four RAHF scores).
 Each reward module provides ``make_scorer(models: dict[str, str], device=None, dtype=None, **options)``,
-where ``models`` maps a role (``captioner``, ``text_encoder``, ``sam``, ``clip``, ``llm``, ``rich_feedback``)
-to a catalogue key, a model-folder name or a path; roles left out take the module's light defaults.
+where ``models`` maps a role (``captioner``, ``text_encoder``, ``sam``, ``clip``, ``llm``, ``rich_feedback``,
+``pickscore``, ``hps``, ``clip_tokenizer``, ``image_reward``, ``bert_tokenizer``, ``aesthetic``) to a catalogue
+key, a model-folder name or a path; roles left out take the module's defaults.
 :func:`make_scorer` hands each reward only its own roles (see :func:`models_for`), so one option set can
 drive several rewards.
 ComfyUI nodes pass scorers along in the ``REWARDLOOP_SCORER`` socket.
@@ -23,6 +24,23 @@ SCORER_FACTORIES: dict[str, str] = {
     "caption": ".caption_reward:make_scorer",
     "sam_llm": ".sam_llm:make_scorer",
     "rich": ".rich_feedback.predict:make_scorer",
+    "pickscore": ".pickscore:make_scorer",
+    "hps": ".hps:make_scorer",
+    "image_reward": ".image_reward:make_scorer",
+    "aesthetic": ".aesthetic:make_scorer",
+    "clip_score": ".clip_score:make_scorer",
+}
+
+# one line per reward: what it measures, its range and direction (tooltips, CLI help, README table)
+REWARD_INFO: dict[str, str] = {
+    "caption": "caption the image, cosine to the prompt; -1..1, higher is better",
+    "sam_llm": "segment, label, LLM likelihood of each part in the prompted scene; 1..3, higher is better",
+    "rich": "RAHF plausibility, alignment, aesthetics, overall (+ heatmaps); 0..1 each, higher is better",
+    "pickscore": "PickScore: 100·cos(image, prompt) of a Pick-a-Pic CLIP-H; about 18..24, higher is better",
+    "hps": "HPS v2.1: cos(image, prompt) of an HPD-v2 CLIP-H; -1..1 (about 0.2..0.35), higher is better",
+    "image_reward": "ImageReward: BLIP + MLP, standardised; about -2..2, higher is better",
+    "aesthetic": "LAION aesthetic predictor v2 on CLIP ViT-L/14; about 1..10, higher is better (prompt unused)",
+    "clip_score": "CLIPScore: 2.5·max(cos(image, 'A photo depicts' + prompt), 0); 0..2.5, higher is better",
 }
 
 
@@ -48,7 +66,9 @@ class FunctionScorer:
 
 # the model roles each built-in reward takes; an unscoped ROLE=… goes only to the rewards that take ROLE
 REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
-                                     "rich": {"rich_feedback"}}
+                                     "rich": {"rich_feedback"}, "pickscore": {"pickscore"},
+                                     "hps": {"hps", "clip_tokenizer"}, "image_reward": {"image_reward", "bert_tokenizer"},
+                                     "aesthetic": {"aesthetic", "clip"}, "clip_score": {"clip"}}
 
 
 def models_for(reward: str, models: dict[str, str]) -> dict[str, str]:

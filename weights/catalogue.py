@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ModelSpec:
     key: str                      # stable id used by nodes, CLI and download profiles
-    kind: str                     # captioner | text_encoder | clip | sam | llm | dino | rich_feedback | sd | sdxl
+    kind: str                     # captioner | text_encoder | clip | sam | llm | dino | rich_feedback | sd | sdxl |
+                                  # hps | image_reward | aesthetic | tokenizer
     folder: str                   # ComfyUI models sub-folder
     name: str                     # sub-folder (HF layout) or file name inside ``folder``
     layout: str = "hf_dir"        # hf_dir | file
@@ -28,6 +29,7 @@ class ModelSpec:
     wheel_file: str | None = None  # file inside the wheel module (e.g. a GGUF); None = module's model dir
     note: str = ""
     profiles: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()  # other catalogue keys this model needs (downloaded with it)
 
     @property
     def is_file(self) -> bool:
@@ -48,7 +50,7 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("clip-vit-large-patch14", "clip", "clip", "clip-vit-large-patch14",
               repo_id="openai/clip-vit-large-patch14", revision="main", files=_HF_TEXT, license="MIT",
               size_mb=1710, note="caption similarity (paper: HPS-v1 weights on this tower) and segment labels",
-              profiles=("paper", "full")),
+              profiles=("paper", "preference", "full")),
     ModelSpec("all-MiniLM-L6-v2", "text_encoder", "clip", "all-MiniLM-L6-v2",
               repo_id="sentence-transformers/all-MiniLM-L6-v2", revision="main",
               files=("*.json", "model.safetensors", "vocab.txt", "1_Pooling/*"),
@@ -83,6 +85,42 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               license="CC BY-NC 4.0 (non-commercial)", size_mb=2200,
               note="the first author's public RAHF checkpoint (youweiliang/RichHF, Google Drive): download it by "
                    "hand, then `python -m rewardloop convert-rich-feedback SRC --name rahf-richhf-multihead`"),
+    # ------------------------------------------------------------------ trusted preference rewards
+    ModelSpec("pickscore-v1", "clip", "clip", "PickScore_v1", repo_id="yuvalkirstain/PickScore_v1", revision="main",
+              files=_HF_TEXT, license="not stated on the model card (the authors' code and demo: MIT)", size_mb=3950,
+              note="PickScore (Kirstain et al. 2023): CLIP ViT-H/14 fine-tuned on Pick-a-Pic; CLIPModel folder "
+                   "with its processor", profiles=("preference", "full")),
+    ModelSpec("hps-v2.1", "hps", "rewards", "HPS_v2.1_compressed.pt", layout="file", repo_id="xswu/HPSv2",
+              revision="main", files=("HPS_v2.1_compressed.pt",),
+              sha256={"HPS_v2.1_compressed.pt": "c57a38fb4a2f7e7c15bf00da2ea377cdf165448b4dd1052a484c215a998c9837"},
+              license="Apache-2.0", size_mb=1972, requires=("clip-vit-h-14-tokenizer",),
+              note="HPS v2.1 (Wu et al. 2023): open_clip ViT-H/14 state dict (fp16), mapped onto transformers' CLIP",
+              profiles=("preference", "full")),
+    ModelSpec("hps-v2.0", "hps", "rewards", "HPS_v2_compressed.pt", layout="file", repo_id="xswu/HPSv2",
+              revision="main", files=("HPS_v2_compressed.pt",),
+              sha256={"HPS_v2_compressed.pt": "07cb0d20626232204ca3a6ec53ff5984e7e53212a8a7b0e0ec2bac1bdaf125a1"},
+              license="Apache-2.0", size_mb=1972, requires=("clip-vit-h-14-tokenizer",),
+              note="HPS v2.0 (the benchmark paper's model); same layout as v2.1"),
+    ModelSpec("clip-vit-h-14-tokenizer", "tokenizer", "clip", "CLIP-ViT-H-14-laion2B-s32B-b79K",
+              repo_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", revision="main",
+              files=("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"),
+              license="MIT", size_mb=4, note="the CLIP BPE tokenizer HPS uses (only the tokenizer files are fetched; a "
+                                              "full ViT-H/14 folder under this name works too)",
+              profiles=("preference", "full")),
+    ModelSpec("imagereward-v1.0", "image_reward", "rewards", "ImageReward", repo_id="THUDM/ImageReward",
+              revision="main", files=("ImageReward.pt", "med_config.json"), license="Apache-2.0", size_mb=1790,
+              requires=("bert-base-uncased-tokenizer",),
+              note="ImageReward (Xu et al. 2023): BLIP ViT-L + BERT with cross-attention + MLP head, mapped onto "
+                   "transformers' BLIP", profiles=("preference", "full")),
+    ModelSpec("bert-base-uncased-tokenizer", "tokenizer", "rewards", "bert-base-uncased",
+              repo_id="google-bert/bert-base-uncased", revision="main",
+              files=("vocab.txt", "tokenizer.json", "tokenizer_config.json"), license="Apache-2.0", size_mb=1,
+              note="ImageReward's text tokenizer (BLIP adds [DEC] and [ENC])", profiles=("preference", "full")),
+    ModelSpec("laion-aesthetic-v2", "aesthetic", "rewards", "sac+logos+ava1-l14-linearMSE.pth", layout="file",
+              repo_id="trl-lib/ddpo-aesthetic-predictor", revision="main", files=("aesthetic-model.pth",),
+              license="Apache-2.0", size_mb=4, requires=("clip-vit-large-patch14",),
+              note="LAION improved aesthetic predictor v2 (sac+logos+ava1-l14-linearMSE): MLP over CLIP ViT-L/14 image "
+                   "embeddings; TRL's Hub copy of the released .pth", profiles=("preference", "full")),
     # ------------------------------------------------------------------ base models for training
     ModelSpec("sd15", "sd", "checkpoints", "v1-5-pruned-emaonly.safetensors", layout="file",
               repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5", revision="main",
@@ -104,6 +142,17 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("tiny-sam", "sam", "sams", "tiny_sam.pth", layout="file", source="tiny", license="test only"),
     ModelSpec("tiny-sd", "sd", "diffusers", "tiny-sd", source="tiny", license="test only"),
     ModelSpec("tiny-rahf", "rich_feedback", "rich_feedback", "tiny-rahf", source="tiny", license="test only"),
+    ModelSpec("tiny-pickscore", "clip", "clip", "tiny-pickscore", source="tiny", license="test only",
+              note="a CLIPModel folder like PickScore_v1 (logit scale 100)"),
+    ModelSpec("tiny-hps", "hps", "rewards", "tiny_hps.pt", layout="file", source="tiny", license="test only",
+              note="an open_clip-layout {'state_dict': fp16} checkpoint like HPS_v2.1_compressed.pt"),
+    ModelSpec("tiny-clip-tokenizer", "tokenizer", "clip", "tiny-clip-tokenizer", source="tiny", license="test only"),
+    ModelSpec("tiny-imagereward", "image_reward", "rewards", "tiny-imagereward", source="tiny", license="test only",
+              note="ImageReward.pt (blip.* + mlp.* keys) + med_config.json"),
+    ModelSpec("tiny-bert-tokenizer", "tokenizer", "rewards", "tiny-bert-tokenizer", source="tiny",
+              license="test only"),
+    ModelSpec("tiny-aesthetic", "aesthetic", "rewards", "tiny_aesthetic.pth", layout="file", source="tiny",
+              license="test only", note="the released MLP layout (layers.0/2/4/6/7) over tiny-clip embeddings"),
     ModelSpec("tiny-sd-single", "sd", "checkpoints", "tiny_sd_single.safetensors", layout="file", source="tiny",
               license="test only", note="tiny-sd as one original-layout (LDM) checkpoint"),
 )
@@ -112,6 +161,8 @@ PROFILES = {
     "light": "the lighter models: BLIP large, MiniLM, SAM ViT-B, SmolLM2, DINO (about 2.7 GB)",
     "paper": "the papers' defaults: BLIP-2 OPT-2.7b, CLIP ViT-L/14, SAM ViT-H, Vicuna-7B, DINO (about 33 GB)",
     "full": "every downloadable reward model",
+    "preference": "the trusted preference rewards: PickScore, HPS v2.1, ImageReward (+ tokenizers), LAION aesthetics "
+                  "and CLIPScore on CLIP ViT-L/14 (about 9.4 GB)",
     "train": "Stable Diffusion 1.5 single-file checkpoint for DPG / ranked training",
     "train-xl": "SDXL base single-file checkpoint",
 }

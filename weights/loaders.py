@@ -7,6 +7,7 @@ and give memory back with ``bridge.offload``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -140,6 +141,51 @@ def load_clip(name: str, dtype=None, device=None) -> ModelHandle:
         return ModelHandle("clip", str(name), r.path, model, proc, dtype, device)
 
     return cached("clip", r.path, load, dtype, device)
+
+
+def load_tokenizer(name: str, folder: str = "clip", dtype=None, device=None) -> ModelHandle:
+    """A tokenizer-only folder (e.g. the CLIP BPE tokenizer HPS needs, BERT's for ImageReward); cached."""
+    r = _resolve(name, folder)
+
+    def load():
+        from transformers import AutoTokenizer
+        quiet_transformers()
+        tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)
+        return ModelHandle("tokenizer", str(name), r.path, tok, tok)
+
+    return cached("tokenizer", r.path, load)
+
+
+@contextlib.contextmanager
+def empty_init(dtype: torch.dtype = torch.float32):
+    """Build a transformers model without random initialisation (weights are loaded right after), with
+    parameters created in ``dtype`` so a large model never exists in fp32 first."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_weights_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``sd`` into ``model``: every parameter must be there with its shape (buffers such as position ids may
+    be missing); extra keys are an error too. One line names what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("position_ids")]
+    extra = [k for k in sd if k not in own and not k.endswith("position_ids")]
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or extra or bad:
+        parts = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
+                ([f"{len(extra)} unexpected (e.g. {extra[0]})"] if extra else []) + \
+                ([f"shape mismatch {bad[0]}"] if bad else [])
+        raise ValueError(f"{what}: the checkpoint does not fit: {'; '.join(parts)}.")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
 # ---------------------------------------------------------------- LLM
@@ -294,7 +340,17 @@ LOADERS = {
     "dino": load_dino, "vit": lambda n, **k: load_vision_encoder(n, "rich_feedback", kind="vit", **k),
     "t5": load_t5, "sam": load_sam, "sd": load_sd_pipeline,
     "rich_feedback": lambda n, **k: _load_rich_feedback(n, **k),
+    "tokenizer": load_tokenizer,
+    "hps": lambda n, **k: _reward_loader("hps", "load_hps")(n, **k),
+    "image_reward": lambda n, **k: _reward_loader("image_reward", "load_image_reward")(n, **k),
+    "aesthetic": lambda n, **k: _reward_loader("aesthetic", "load_aesthetic")(n, **k),
 }
+
+
+def _reward_loader(module: str, fn: str):
+    """The loaders of the preference rewards live next to their model code (imported on first use)."""
+    import importlib
+    return getattr(importlib.import_module(f"..rewards.{module}", __package__), fn)
 
 
 def _load_rich_feedback(name, **kw):

@@ -194,8 +194,15 @@ def default_target_root() -> Path:
 
 
 def download(key: str, root: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Fetch one catalogue model through huggingface_hub (progress bar, resumable), then check hashes."""
+    """Fetch one catalogue model through huggingface_hub (progress bar, resumable), then check hashes.
+
+    Models it ``requires`` (e.g. a tokenizer) are fetched too, unless they are already found."""
     spec = get_spec(key)
+    for dep in spec.requires:
+        try:
+            resolve_spec(get_spec(dep))
+        except ModelNotFoundError:
+            download(dep, root)
     if spec.source in ("tiny", "manual"):
         raise DownloadError(f"{spec.key} cannot be downloaded: {fetch_command(spec)}")
     root = Path(root) if root else default_target_root()

@@ -8,7 +8,10 @@ Formats written:
   * HF folders (``save_pretrained``): BLIP, BLIP-2 (OPT), CLIP, a sentence-transformers BERT (MiniLM layout),
     a Llama-style chat LLM with a chat template, ViT, DINO-style ViT, T5;
   * a segment-anything ``.pth`` state dict (``image_encoder.* / prompt_encoder.* / mask_decoder.*``);
-  * a diffusers Stable Diffusion folder.
+  * a diffusers Stable Diffusion folder;
+  * the preference rewards as released: a CLIPModel folder (PickScore), an open_clip ``{"state_dict": fp16}``
+    checkpoint (HPS v2.1), ``ImageReward.pt`` + ``med_config.json``, the LAION aesthetic MLP ``.pth``, and the
+    tokenizer folders they need.
 """
 from __future__ import annotations
 
@@ -137,9 +140,9 @@ def build_blip2(out: Path) -> Path:
     return out
 
 
-def build_clip(out: Path) -> Path:
+def build_clip(out: Path, seed: int = 3, logit_scale: float | None = None) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-    seed_all(3)
+    seed_all(seed)
     tok = clip_tokenizer()
     cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37,
                                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
@@ -147,6 +150,9 @@ def build_clip(out: Path) -> Path:
                                       pad_token_id=tok.pad_token_id),
                      vision_config=_vision_cfg(), projection_dim=16)
     model = CLIPModel(cfg).eval()
+    if logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(logit_scale)
     proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                             crop_size={"height": 32, "width": 32}), tokenizer=tok)
     model.save_pretrained(out)
@@ -427,12 +433,177 @@ def build_sd_single(out_file: Path) -> Path:
     return out_file
 
 
+# ---------------------------------------------------------------- preference rewards, in their released layouts
+def _randn(g: torch.Generator, *shape, std: float = 0.05) -> torch.Tensor:
+    return torch.randn(*shape, generator=g) * std
+
+
+def _norm_params(g: torch.Generator, prefix: str, width: int) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.weight": 1.0 + _randn(g, width, std=0.1), f"{prefix}.bias": _randn(g, width, std=0.02)}
+
+
+def _linear(g: torch.Generator, prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.weight": _randn(g, n_out, n_in, std=n_in ** -0.5)}
+    if bias:
+        out[f"{prefix}.bias"] = _randn(g, n_out, std=0.02)
+    return out
+
+
+def build_pickscore(out: Path) -> Path:
+    """A CLIPModel folder with its processor, like PickScore_v1 (whose logit scale is exp(4.6052) = 100)."""
+    return build_clip(out, seed=12, logit_scale=4.6052)
+
+
+def open_clip_state_dict(seed: int = 13, width: int = 128, layers: int = 2, patch: int = 8, image: int = 32,
+                         text_width: int = 128, text_layers: int = 2, vocab: int | None = None, context: int = 77,
+                         embed: int = 64) -> dict[str, torch.Tensor]:
+    """Random weights in open_clip's ViT CLIP key layout (``visual.*``, ``transformer.*``, ``token_embedding``…)."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = vocab or len(clip_tokenizer())
+    sd: dict[str, torch.Tensor] = {}
+
+    def tower(prefix: str, w: int, n: int) -> None:
+        for i in range(n):
+            b = f"{prefix}transformer.resblocks.{i}"
+            sd.update(_norm_params(g, f"{b}.ln_1", w))
+            sd[f"{b}.attn.in_proj_weight"] = _randn(g, 3 * w, w, std=w ** -0.5)
+            sd[f"{b}.attn.in_proj_bias"] = _randn(g, 3 * w, std=0.02)
+            sd.update(_linear(g, f"{b}.attn.out_proj", w, w))
+            sd.update(_norm_params(g, f"{b}.ln_2", w))
+            sd.update(_linear(g, f"{b}.mlp.c_fc", w, 4 * w))
+            sd.update(_linear(g, f"{b}.mlp.c_proj", 4 * w, w))
+
+    sd["visual.class_embedding"] = _randn(g, width, std=width ** -0.5)
+    sd["visual.positional_embedding"] = _randn(g, (image // patch) ** 2 + 1, width, std=width ** -0.5)
+    sd["visual.conv1.weight"] = _randn(g, width, 3, patch, patch, std=(3 * patch * patch) ** -0.5)
+    sd.update(_norm_params(g, "visual.ln_pre", width))
+    tower("visual.", width, layers)
+    sd.update(_norm_params(g, "visual.ln_post", width))
+    sd["visual.proj"] = _randn(g, width, embed, std=width ** -0.5)
+    sd["token_embedding.weight"] = _randn(g, vocab, text_width, std=0.02)
+    sd["positional_embedding"] = _randn(g, context, text_width, std=0.01)
+    tower("", text_width, text_layers)
+    sd.update(_norm_params(g, "ln_final", text_width))
+    sd["text_projection"] = _randn(g, text_width, embed, std=text_width ** -0.5)
+    sd["logit_scale"] = torch.tensor(4.6052)
+    return sd
+
+
+def build_hps(out_file: Path) -> Path:
+    """Like HPS_v2.1_compressed.pt: ``{"state_dict": open_clip ViT CLIP weights in fp16}``."""
+    sd = {k: v.half() for k, v in open_clip_state_dict().items()}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": sd}, out_file)
+    return out_file
+
+
+def build_clip_tokenizer(out: Path) -> Path:
+    clip_tokenizer().save_pretrained(out)
+    return out
+
+
+def bert_tokenizer(folder: Path):
+    """A BERT WordPiece tokenizer over the tiny vocabulary (``vocab`` for transformers 5, ``vocab_file`` for 4)."""
+    from transformers import BertTokenizerFast
+    path = str(bert_vocab_file(folder))
+    return BertTokenizerFast(vocab=path, vocab_file=path)
+
+
+def build_bert_tokenizer(out: Path) -> Path:
+    bert_tokenizer(out).save_pretrained(out)
+    return out
+
+
+TINY_MED_CONFIG = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+                   "hidden_dropout_prob": 0.1, "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 37,
+                   "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert",
+                   "num_attention_heads": 4, "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2,
+                   "encoder_width": 768, "add_cross_attention": True}
+
+
+def image_reward_state_dict(med: dict, seed: int = 14, width: int = 128, layers: int = 2, patch: int = 16,
+                            image: int = 32, head: tuple[int, ...] = (64, 32, 16, 8, 1)) -> dict[str, torch.Tensor]:
+    """Random weights in ImageReward.pt's layout: ``blip.visual_encoder.*`` (BLIP/timm ViT), ``blip.text_encoder.*``
+    (BLIP med.py BERT with cross-attention, incl. the legacy ``position_ids`` buffer), ``blip.vision_proj`` /
+    ``blip.text_proj`` and ``mlp.layers.{0,2,4,6,7}``."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    v = "blip.visual_encoder"
+    sd[f"{v}.cls_token"] = _randn(g, 1, 1, width, std=0.02)
+    sd[f"{v}.pos_embed"] = _randn(g, 1, (image // patch) ** 2 + 1, width, std=0.02)
+    sd[f"{v}.patch_embed.proj.weight"] = _randn(g, width, 3, patch, patch, std=(3 * patch * patch) ** -0.5)
+    sd[f"{v}.patch_embed.proj.bias"] = _randn(g, width, std=0.02)
+    for i in range(layers):
+        b = f"{v}.blocks.{i}"
+        sd.update(_norm_params(g, f"{b}.norm1", width))
+        sd.update(_linear(g, f"{b}.attn.qkv", width, 3 * width))
+        sd.update(_linear(g, f"{b}.attn.proj", width, width))
+        sd.update(_norm_params(g, f"{b}.norm2", width))
+        sd.update(_linear(g, f"{b}.mlp.fc1", width, 4 * width))
+        sd.update(_linear(g, f"{b}.mlp.fc2", 4 * width, width))
+    sd.update(_norm_params(g, f"{v}.norm", width))
+    t = "blip.text_encoder"
+    h, inter = med["hidden_size"], med["intermediate_size"]
+    sd[f"{t}.embeddings.word_embeddings.weight"] = _randn(g, med["vocab_size"], h, std=0.5)
+    sd[f"{t}.embeddings.position_embeddings.weight"] = _randn(g, med["max_position_embeddings"], h, std=0.5)
+    sd[f"{t}.embeddings.position_ids"] = torch.arange(med["max_position_embeddings"])[None]
+    sd.update(_norm_params(g, f"{t}.embeddings.LayerNorm", h))
+    for i in range(med["num_hidden_layers"]):
+        b = f"{t}.encoder.layer.{i}"
+        for att, kv_in in (("attention", h), ("crossattention", width)):
+            sd.update(_linear(g, f"{b}.{att}.self.query", h, h))
+            sd.update(_linear(g, f"{b}.{att}.self.key", kv_in, h))
+            sd.update(_linear(g, f"{b}.{att}.self.value", kv_in, h))
+            sd.update(_linear(g, f"{b}.{att}.output.dense", h, h))
+            sd.update(_norm_params(g, f"{b}.{att}.output.LayerNorm", h))
+        sd.update(_linear(g, f"{b}.intermediate.dense", h, inter))
+        sd.update(_linear(g, f"{b}.output.dense", inter, h))
+        sd.update(_norm_params(g, f"{b}.output.LayerNorm", h))
+    sd.update(_linear(g, "blip.vision_proj", width, 16))
+    sd.update(_linear(g, "blip.text_proj", h, 16))
+    sd.update(score_mlp_state_dict(g, (h, *head), prefix="mlp.layers"))
+    return sd
+
+
+def score_mlp_state_dict(g: torch.Generator, sizes: tuple[int, ...], prefix: str = "layers") -> dict:
+    """The LAION/ImageReward head layout: five Linear layers at 0, 2, 4, 6 (each but the last two after a dropout)
+    and 7; ``sizes`` = (in, h1, h2, h3, h4, 1)."""
+    if len(sizes) != 6:
+        raise ValueError(f"The released head has five Linear layers: give six sizes, got {sizes}.")
+    out = {}
+    for i, a, b in zip((0, 2, 4, 6, 7), sizes, sizes[1:]):
+        out.update(_linear(g, f"{prefix}.{i}", a, b))
+    return out
+
+
+def build_image_reward(out: Path) -> Path:
+    """An ImageReward folder: ``ImageReward.pt`` (plain state dict) + ``med_config.json`` (vocab of tiny-bert)."""
+    import tempfile
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = len(bert_tokenizer(Path(tmp))) + 2  # BLIP adds [DEC] and [ENC]
+    med = {**TINY_MED_CONFIG, "vocab_size": vocab}
+    torch.save(image_reward_state_dict(med), out / "ImageReward.pt")
+    (out / "med_config.json").write_text(json.dumps(med, indent=2))
+    return out
+
+
+def build_aesthetic(out_file: Path) -> Path:
+    """The released aesthetic MLP layout (``layers.{0,2,4,6,7}``) over tiny-clip's 16-d image embeddings."""
+    g = torch.Generator().manual_seed(15)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(score_mlp_state_dict(g, (16, 32, 16, 8, 4, 1)), out_file)
+    return out_file
+
+
 # ---------------------------------------------------------------- all
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
     "tiny-llm": build_llm, "tiny-dino": build_dino, "tiny-vit": build_vit, "tiny-t5": build_t5,
     "tiny-sam": build_sam, "tiny-sd": build_sd, "tiny-rahf": lambda out: build_rahf(out),
-    "tiny-sd-single": build_sd_single,
+    "tiny-sd-single": build_sd_single, "tiny-pickscore": build_pickscore, "tiny-hps": build_hps,
+    "tiny-clip-tokenizer": build_clip_tokenizer, "tiny-imagereward": build_image_reward,
+    "tiny-bert-tokenizer": build_bert_tokenizer, "tiny-aesthetic": build_aesthetic,
 }
 
 
