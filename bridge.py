@@ -1,12 +1,13 @@
 """The one place that talks to ComfyUI's services, with plain fallbacks when ComfyUI is absent.
 
 Everything else in the pack (library, trainers, CLI, nodes) asks this module for:
-devices, offloading, freeing memory, interrupt checks, progress bars and model folders.
+devices, offloading, freeing memory, interrupt checks, progress bars, model folders and execution blockers.
 Inside ComfyUI these map to ``comfy.model_management``, ``comfy.utils.ProgressBar`` and
 ``folder_paths``; outside (CLI, tests, A1111) to torch, tqdm and the pack's own folders.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -56,6 +57,31 @@ def _folder_paths():
 
 def in_comfyui() -> bool:
     return _comfy() is not None and _folder_paths() is not None
+
+
+class Blocked:
+    """Outside ComfyUI: what :func:`execution_blocker` returns (ComfyUI's ``ExecutionBlocker`` has the same field)."""
+
+    def __init__(self, message: str | None = None):
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<blocked: {self.message or 'silently'}>"
+
+
+def execution_blocker(message: str | None = None):
+    """A value that stops every node downstream of the output carrying it (ComfyUI's ``ExecutionBlocker``:
+    ``message=None`` blocks silently, a message shows as that node's error). Outside ComfyUI a :class:`Blocked`."""
+    for mod in ("comfy_execution.graph_utils", "comfy_execution.graph"):
+        try:
+            return importlib.import_module(mod).ExecutionBlocker(message)
+        except (ImportError, AttributeError):
+            continue
+    return Blocked(message)
+
+
+def is_blocked(value) -> bool:
+    return isinstance(value, Blocked) or type(value).__name__ == "ExecutionBlocker"
 
 
 # ---------------------------------------------------------------- devices and memory

@@ -25,10 +25,11 @@ def device_arg(device: str):
 
 
 def model_choices(folder: str, kinds: tuple[str, ...], extra: list[str] | None = None) -> list[str]:
-    """Combo values for a loader: catalogue keys of ``kinds`` plus whatever lies in the ComfyUI folder."""
+    """Combo values for a loader: catalogue keys of ``kinds`` plus whatever else lies in the ComfyUI folder (files
+    and folders the catalogue knows as another kind, e.g. a tokenizer next to CLIP models, are left out)."""
     from ..bridge import list_folder
     from ..weights.catalogue import CATALOGUE
     keys = [s.key for s in CATALOGUE if s.kind in kinds and s.source != "tiny"]
-    names = [n for n in list_folder(folder) if n not in {s.name for s in CATALOGUE if s.kind in kinds}]
+    names = [n for n in list_folder(folder) if n not in {s.name for s in CATALOGUE if s.folder == folder}]
     tiny = [s.key for s in CATALOGUE if s.kind in kinds and s.source == "tiny"]
     return keys + names + (extra or []) + tiny

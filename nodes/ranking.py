@@ -28,26 +28,86 @@ def save_previews(images, prefix: str = "rewardloop_rank") -> list[dict]:
     return out
 
 
+def select_latent(latent: dict, idx: list[int], n: int) -> dict:
+    """The LATENT entries of ``idx`` (same order): ``samples`` and any per-image ``noise_mask`` / ``batch_index``."""
+    samples = latent["samples"]
+    if samples.shape[0] != n:
+        raise ValueError(f"Assemble Rank: the latents hold {samples.shape[0]} samples but {n} images were ranked: "
+                         "connect the LATENT the images were decoded from.")
+    out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", "batch_index")}
+    out["samples"] = samples[idx]
+    mask = latent.get("noise_mask")
+    if isinstance(mask, torch.Tensor):
+        out["noise_mask"] = mask[idx] if mask.shape[0] == n else mask
+    if isinstance(latent.get("batch_index"), list) and len(latent["batch_index"]) == n:
+        out["batch_index"] = [latent["batch_index"][i] for i in idx]
+    return out
+
+
+def select_mask(mask: torch.Tensor, idx: list[int], n: int) -> torch.Tensor:
+    """The MASK rows of ``idx``; one mask for all images is repeated."""
+    from ..rewards.images import mask_to_batch
+    mask = mask_to_batch(mask)
+    if mask.shape[0] == 1:
+        return mask.expand(len(idx), -1, -1).clone()
+    if mask.shape[0] != n:
+        raise ValueError(f"Assemble Rank: {mask.shape[0]} masks for {n} images: give one mask per image, or one for "
+                         "all.")
+    return mask[idx]
+
+
+STOP_CHOICES = ["off", "assembled"] + [f"scores_{i}" for i in range(1, N_SOCKETS + 1)]
+
+
+def stop_reason(ranking, scores_by_socket: dict[str, object], stop_on: str, threshold: float) -> str | None:
+    """Why to stop the graph, or None: no group's winner reaches ``threshold`` on ``stop_on`` (the assembled total
+    or one reward socket; "reaches" respects direction: ≥ when higher is better, ≤ when lower is better)."""
+    if stop_on == "off":
+        return None
+    if stop_on == "assembled":
+        values, hib, what = ranking.totals, ranking.total_higher_is_better, f"assembled {ranking.mode} total"
+    else:
+        s = scores_by_socket.get(stop_on)
+        if s is None:
+            raise ValueError(f"Assemble Rank: stop_on is {stop_on} but nothing is connected there: connect it or pick "
+                             "another socket.")
+        values, hib, what = s.values, s.higher_is_better, f"{s.name} ({stop_on})"
+    winners = ranking.best()
+    ok = [i for i in winners if (values[i] >= threshold if hib else values[i] <= threshold)]
+    if ok:
+        return None
+    best = ", ".join(f"{values[i]:.4g}" for i in winners)
+    return (f"stopped: the best image's {what} is {best}, {'below' if hib else 'above'} the threshold {threshold:g} "
+            f"({'higher' if hib else 'lower'} is better); nothing downstream ran.")
+
+
 class RewardLoopAssembleRank:
     DESCRIPTION = ("Best-of-N: ranks an IMAGE batch by several rewards at once (FineRewards' assemble ranking). "
                    "rank_sum (paper, Borda): per-reward rank 0 = best, weighted sum, lowest total wins, ties broken by "
                    "the sum of z-scored rewards then by image index. zscore / raw: weighted sum of z-scored / raw "
                    "values, highest wins, ties by index. Each reward's direction (higher or lower is better) is "
                    "respected. With a group size, each group of N images (one prompt) is ranked on its own. "
+                   "Optional LATENT and MASK batches come out in the same order. With stop_on set, the rest of the "
+                   "graph does not run when no group's winner reaches the threshold. "
                    "Shows the ranked images and the table in the graph.")
     CATEGORY = f"{CATEGORY}/ranking"
     FUNCTION = "rank"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("IMAGE", "IMAGE", "INT", SCORES, "STRING")
-    RETURN_NAMES = ("images_ranked", "top_k", "indices", "assembled_scores", "table")
-    OUTPUT_IS_LIST = (False, False, True, False, False)
+    RETURN_TYPES = ("IMAGE", "IMAGE", "INT", SCORES, "STRING", "LATENT", "LATENT", "MASK", "MASK")
+    RETURN_NAMES = ("images_ranked", "top_k", "indices", "assembled_scores", "table", "latents_ranked",
+                    "latents_top_k", "masks_ranked", "masks_top_k")
+    OUTPUT_IS_LIST = (False, False, True, False, False, False, False, False, False)
     OUTPUT_TOOLTIPS = (
         "All images sorted best-first (group by group when a group size is set).",
         "The best top_k images of each group.",
         "Input indices of the ranked images, best-first (a list of INT).",
         "The assembled totals as a reward, in ranked order (rank_sum: lower is better, 0 = best possible; zscore/raw: "
         "higher is better); per-reward ranks in its details.",
-        "Table of every reward and rank per image, best-first.")
+        "Table of every reward and rank per image, best-first.",
+        "The latents input in ranked order (same indices as images_ranked); needs latents connected.",
+        "The latents of the top_k images (e.g. to upscale or refine only the winners).",
+        "The masks input in ranked order (one mask for all is repeated); needs masks connected.",
+        "The masks of the top_k images.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -58,6 +118,17 @@ class RewardLoopAssembleRank:
         for i in range(1, N_SOCKETS + 1):
             opt[f"weight_{i}"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                             "tooltip": f"Weight of reward #{i} (0 = show but do not rank by it)."})
+        opt["latents"] = ("LATENT", {"tooltip": "Optional: the latents of the same batch (e.g. the KSampler output), "
+                                                "returned in the same order as the images."})
+        opt["masks"] = ("MASK", {"tooltip": "Optional: one mask per image (or one for all), returned in the same "
+                                            "order as the images."})
+        opt["stop_on"] = (STOP_CHOICES, {"default": "off",
+                                         "tooltip": "Stop the rest of the graph when no group's winner reaches the "
+                                                    "threshold on this value: the assembled total or one reward "
+                                                    "socket (direction respected). off = never stop."})
+        opt["stop_threshold"] = ("FLOAT", {"default": 0.0, "min": -1e9, "max": 1e9, "step": 0.01,
+                                           "tooltip": "The value the winner must reach (≥ for higher-is-better "
+                                                      "values, ≤ for rank_sum totals)."})
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The candidates: one KSampler batch of N, or several joined with Image "
                                             "Batch, in the order the rewards scored them."}),
@@ -71,25 +142,40 @@ class RewardLoopAssembleRank:
                                               "ranked on its own); 0 = the whole batch is one group."}),
         }, "optional": opt}
 
-    def rank(self, images, mode, top_k, group_size, **kw):
-        scores, weights = [], []
+    def rank(self, images, mode, top_k, group_size, latents=None, masks=None, stop_on="off", stop_threshold=0.0,
+             **kw):
+        from ..bridge import execution_blocker
+        scores, weights, by_socket = [], [], {}
         for i in range(1, N_SOCKETS + 1):
             s = kw.get(f"scores_{i}")
             if s is not None:
                 scores.append(s)
                 weights.append(float(kw.get(f"weight_{i}", 1.0)))
+                by_socket[f"scores_{i}"] = s
         if not scores:
             raise ValueError("Assemble Rank: connect at least one REWARDLOOP_SCORES input (a reward node's scores).")
         n = images.shape[0]
         if len(scores[0]) != n:
             raise ValueError(f"Assemble Rank: {n} images but reward {scores[0].name!r} scored {len(scores[0])}: "
                              "score the same batch you rank.")
+        if stop_on not in STOP_CHOICES:
+            raise ValueError(f"Assemble Rank: stop_on {stop_on!r} unknown: choose {', '.join(STOP_CHOICES)}.")
         r = assemble_rank(scores, weights, mode, group_size)
         top = r.top_k(top_k)
         table = r.table()
+        lat = (select_latent(latents, r.order, n), select_latent(latents, top, n)) if latents is not None else \
+            (execution_blocker("Assemble Rank: connect its latents input to use latents_ranked/latents_top_k."),) * 2
+        msk = (select_mask(masks, r.order, n), select_mask(masks, top, n)) if masks is not None else \
+            (execution_blocker("Assemble Rank: connect its masks input to use masks_ranked/masks_top_k."),) * 2
         ranked = images[r.order]
+        reason = stop_reason(r, by_socket, stop_on, float(stop_threshold))
+        if reason:
+            table = f"{table}\n{reason}"
         ui = {"images": save_previews(ranked), "text": [table]}
-        return {"ui": ui, "result": (ranked, images[top], list(r.order), r.as_scores(r.order), table)}
+        result = (ranked, images[top], list(r.order), r.as_scores(r.order), table, *lat, *msk)
+        if reason:
+            result = tuple(execution_blocker(None) for _ in result)  # silent: the run succeeds, downstream skipped
+        return {"ui": ui, "result": result}
 
 
 def _models_from_text(text: str) -> dict[str, str]:
@@ -99,8 +185,9 @@ def _models_from_text(text: str) -> dict[str, str]:
 
 
 class RewardLoopScorerFromRegistry:
-    DESCRIPTION = ("Builds a reward scorer by name (caption, sam_llm, rich) with chosen models, for Score With "
-                   "Scorer, Auto-Fix re-scoring or training. Models load on first use and stay cached.")
+    DESCRIPTION = ("Builds a reward scorer by name (any reward of the registry: the fine-grained ones and PickScore, "
+                   "HPS, ImageReward, aesthetics, CLIPScore) with chosen models, for Score With Scorer, Assemble "
+                   "Rank, Auto-Fix re-scoring or training. Models load on first use and stay cached.")
     CATEGORY = f"{CATEGORY}/ranking"
     FUNCTION = "load"
     RETURN_TYPES = (SCORER,)
@@ -109,16 +196,16 @@ class RewardLoopScorerFromRegistry:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..rewards.scoring import available
+        from ..rewards.scoring import REWARD_INFO, REWARD_ROLES, available
         names = available()
         return {"required": {
             "reward": (names, {"default": "rich" if "rich" in names else names[0],
-                               "tooltip": "caption: caption-vs-prompt similarity; sam_llm: segment + LLM likelihood; "
-                                          "rich: RAHF heatmaps and 4 scores."}),
+                               "tooltip": "; ".join(f"{n}: {REWARD_INFO.get(n, n)}" for n in names)}),
             "models": ("STRING", {"default": "", "multiline": True,
-                                  "tooltip": "Optional ROLE=MODEL, one per line (e.g. captioner=blip-large, "
-                                             "text_encoder=all-MiniLM-L6-v2, sam=sam-vit-b, llm=…, rich_feedback=…); "
-                                             "empty roles use the reward's light defaults."}),
+                                  "tooltip": "Optional ROLE=MODEL, one per line; empty roles use the reward's "
+                                             "defaults. Roles: " + "; ".join(
+                                                 f"{n}: {', '.join(sorted(REWARD_ROLES.get(n, ())))}" for n in names)
+                                             + ". Options too, e.g. batch_size=8."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where the reward models run."}),
             "dtype": (DTYPES, {"default": "auto", "tooltip": "Precision of the reward models."}),
         }}
