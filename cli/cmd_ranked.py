@@ -6,6 +6,11 @@ from pathlib import Path
 RUNS_SUBDIR = "rewardloop_ranked"
 
 
+def _available() -> list[str]:
+    from ..rewards.scoring import available
+    return available()
+
+
 def register(sub):
     p = sub.add_parser("train-ranked", help="reward-ranked LoRA fine-tuning: sample K per prompt, rank by rewards, "
                                             "train on the best, repeat")
@@ -15,7 +20,7 @@ def register(sub):
     p.add_argument("--k", type=int, default=10, help="candidates per prompt per round (paper: 10)")
     p.add_argument("--rounds", type=int, default=2, help="rounds (paper: 2); may grow when resuming")
     p.add_argument("--top", type=int, default=1, help="kept per prompt per round (paper: 1)")
-    p.add_argument("--rewards", required=True, help="comma-separated rewards: caption, sam_llm, rich")
+    p.add_argument("--rewards", required=True, help=f"comma-separated rewards: {', '.join(_available())}")
     p.add_argument("--weights", default=None,
                    help="comma-separated weights, one per reward (shared evenly by a reward's scores) or one per score")
     p.add_argument("--mode", default="rank_sum", choices=["rank_sum", "zscore", "raw"],
@@ -61,7 +66,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 def build_scorers(names: list[str], models: dict, device=None, dtype=None) -> list:
     from ..rewards.scoring import make_scorer
     if not names:
-        raise ValueError("--rewards is empty: name at least one reward (caption, sam_llm, rich).")
+        raise ValueError(f"--rewards is empty: name at least one reward ({', '.join(_available())}).")
     return [make_scorer(n, models=models, device=device, dtype=dtype) for n in names]
 
 

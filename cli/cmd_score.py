@@ -11,14 +11,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def register(sub):
-    p = sub.add_parser("score", help="score images with rewards (caption, sam_llm, rich)")
+    p = sub.add_parser("score", help=f"score images with rewards ({', '.join(available())})")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--reward", action="append", required=True,
                    help=f"reward to compute (repeatable, or comma-separated): {', '.join(available())}")
     p.add_argument("--prompt", action="append", required=True,
                    help="the prompt (once for all images, or once per image in order)")
     p.add_argument("--model", action="append", metavar="ROLE=MODEL",
-                   help="model for a role, e.g. captioner=blip-large, text_encoder=all-MiniLM-L6-v2, llm=…")
+                   help="model for a role, e.g. captioner=blip-large, text_encoder=all-MiniLM-L6-v2, llm=…, "
+                        "pickscore=…, hps=…, image_reward=…, aesthetic=…, clip=…; REWARD.ROLE=… for one reward; "
+                        "options the same way (batch_size=8, clip_score.prefix=)")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
     p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -59,3 +61,26 @@ def cmd_score(args) -> int:
         print("\n".join(f"{i}: {f}" for i, f in enumerate(files)))
         print(scores_table(scores))
     return 0
+
+
+# ---------------------------------------------------------------- selftest
+def _check_preference_rewards(ctx) -> str:
+    """PickScore, HPS, ImageReward, aesthetics and CLIPScore on their tiny released-layout models."""
+    import numpy as np
+    from PIL import Image
+
+    from ..weights.tiny import TINY_REWARD_MODELS
+    ims = [Image.fromarray((np.random.default_rng(i).random((40, 56, 3)) * 255).astype(np.uint8)) for i in range(3)]
+    prompts = ["a cat", "a red car", "a cat"]
+    out = []
+    for name in ("pickscore", "hps", "image_reward", "aesthetic", "clip_score"):
+        models = {role: ctx.model(key) for role, key in TINY_REWARD_MODELS[name].items()}
+        scorer = make_scorer(name, models=models, device="cpu")
+        batched = scorer(ims, prompts)[0].values
+        single = [scorer([im], [p])[0].values[0] for im, p in zip(ims, prompts)]
+        assert np.allclose(batched, single, atol=1e-4), (name, batched, single)
+        out.append(f"{name} {batched[0]:.3g}")
+    return "; ".join(out) + " (batched = per-image)"
+
+
+SELFTESTS = [("preference rewards: PickScore, HPS, ImageReward, aesthetic, CLIPScore", _check_preference_rewards)]

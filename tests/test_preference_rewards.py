@@ -14,18 +14,13 @@ from PIL import Image
 
 from rewardloop.rewards import scoring
 from rewardloop.rewards.ranking import assemble_rank
+from rewardloop.weights.tiny import TINY_REWARD_MODELS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPTS = ["a cat on a table", "a red car", "a cat on a table"]
 
-MODELS = {
-    "pickscore": {"pickscore": "tiny-pickscore"},
-    "hps": {"hps": "tiny-hps", "clip_tokenizer": "tiny-clip-tokenizer"},
-    "image_reward": {"image_reward": "tiny-imagereward", "bert_tokenizer": "tiny-bert-tokenizer"},
-    "aesthetic": {"aesthetic": "tiny-aesthetic", "clip": "tiny-clip"},
-    "clip_score": {"clip": "tiny-clip"},
-}
+MODELS = {name: TINY_REWARD_MODELS[name] for name in ("pickscore", "hps", "image_reward", "aesthetic", "clip_score")}
 
 
 def _images(sizes=((40, 56), (64, 48), (33, 33))) -> list[Image.Image]:
@@ -484,3 +479,25 @@ def test_reward_scorer_node_lists_every_reward_and_clip_reward_scorer_shares_a_c
         assert s(ims, PROMPTS)[0].values == pytest.approx(built[reward](ims, PROMPTS)[0].values, abs=1e-6)
     pick = node.build(load_clip(tiny("tiny-pickscore"), device="cpu"), "pickscore", "", 4)[0]
     assert pick(ims, PROMPTS)[0].values == pytest.approx(built["pickscore"](ims, PROMPTS)[0].values, abs=1e-5)
+
+
+def test_score_and_rank_cli_take_the_new_rewards(built, tmp_path, capsys):
+    from rewardloop.cli import main
+    src = tmp_path / "in"
+    src.mkdir()
+    ims = _images()
+    for i, im in enumerate(ims):
+        im.save(src / f"img{i}.png")
+    models = [f"{r}.{role}={key}" for r in ("hps", "image_reward", "aesthetic", "clip_score")
+              for role, key in MODELS[r].items()]
+    args = sum((["--model", m] for m in models), [])
+    assert main(["score", str(src), "--reward", "hps,image_reward,aesthetic,clip_score", "--prompt", "a red car",
+                 "--json", *args]) == 0
+    got = {s["name"]: s["values"] for s in json.loads(capsys.readouterr().out)}
+    assert set(got) == {"hps", "image_reward", "aesthetic", "clip_score"}
+    loaded = [Image.open(src / f"img{i}.png") for i in range(3)]
+    assert got["hps"] == pytest.approx(built["hps"](loaded, "a red car")[0].values, abs=1e-5)
+    out = tmp_path / "ranked"
+    assert main(["rank", str(src), "--rewards", "hps,image_reward,aesthetic,clip_score", "--prompt", "a red car",
+                 "--out", str(out), *args]) == 0
+    assert len(list((out / "ranked").iterdir())) == 3 and (out / "report.csv").is_file()

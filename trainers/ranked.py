@@ -445,7 +445,7 @@ class RankedTrainer:
         if not self.prompts or any(not p for p in self.prompts):
             raise ValueError("No prompts (or an empty one): give at least one non-empty prompt.")
         if not scorers:
-            raise ValueError("No rewards: give at least one scorer (caption, sam_llm, rich, ...).")
+            raise ValueError("No rewards: give at least one scorer (any reward of rewards.scoring.available()).")
         self.scorers = list(scorers)
         self.names = [n for s in self.scorers for n in s.names]
         if len(set(self.names)) != len(self.names):

@@ -596,6 +596,19 @@ def build_aesthetic(out_file: Path) -> Path:
     return out_file
 
 
+# ---------------------------------------------------------------- every registry reward on tiny models
+TINY_REWARD_MODELS: dict[str, dict[str, str]] = {
+    "caption": {"captioner": "tiny-blip2", "text_encoder": "tiny-minilm"},
+    "sam_llm": {"sam": "tiny-sam", "clip": "tiny-clip", "llm": "tiny-llm"},
+    "rich": {"rich_feedback": "tiny-rahf"},
+    "pickscore": {"pickscore": "tiny-pickscore"},
+    "hps": {"hps": "tiny-hps", "clip_tokenizer": "tiny-clip-tokenizer"},
+    "image_reward": {"image_reward": "tiny-imagereward", "bert_tokenizer": "tiny-bert-tokenizer"},
+    "aesthetic": {"aesthetic": "tiny-aesthetic", "clip": "tiny-clip"},
+    "clip_score": {"clip": "tiny-clip"},
+}
+
+
 # ---------------------------------------------------------------- all
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
