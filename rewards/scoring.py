@@ -34,7 +34,8 @@ SCORER_FACTORIES: dict[str, str] = {
 # one line per reward: what it measures, its range and direction (tooltips, CLI help, README table)
 REWARD_INFO: dict[str, str] = {
     "caption": "caption the image, cosine to the prompt; -1..1, higher is better",
-    "sam_llm": "segment, label, LLM likelihood of each part in the prompted scene; 1..3, higher is better",
+    "sam_llm": "segment, label, LLM likelihood (1..3) of each part in the prompted scene, (mean-2)/2; -0.5..0.5, "
+               "higher is better",
     "rich": "RAHF plausibility, alignment, aesthetics, overall (+ heatmaps); 0..1 each, higher is better",
     "pickscore": "PickScore: 100·cos(image, prompt) of a Pick-a-Pic CLIP-H; about 18..24, higher is better",
     "hps": "HPS v2.1: cos(image, prompt) of an HPD-v2 CLIP-H; -1..1 (about 0.2..0.35), higher is better",
