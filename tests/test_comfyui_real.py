@@ -35,7 +35,7 @@ START_TIMEOUT = float(os.environ.get("COMFYUI_START_TIMEOUT", "240"))
 RUN_TIMEOUT = float(os.environ.get("COMFYUI_RUN_TIMEOUT", "300"))
 PACK_FOLDER = "ComfyUI-RewardLoop"
 MODEL_FOLDERS = ["checkpoints", "loras", "vae", "blip", "clip", "sams", "LLM", "rich_feedback", "dino",
-                 "diffusers"]
+                 "diffusers", "rewards"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -275,3 +275,23 @@ def test_workflow_runs_on_tiny_models(comfy, object_info, path):
                 f = comfy.output_dir / img.get("subfolder", "") / img["filename"]
                 assert f.is_file() and f.stat().st_size > 0, f
     print(f"{path.name}: success in {time.monotonic() - t0:.1f} s, outputs from nodes {sorted(outs)}")
+
+
+def test_assemble_rank_stop_threshold_blocks_the_rest_of_the_graph(comfy, object_info):
+    """best_of_n_preference with an unreachable PickScore threshold: ComfyUI's ExecutionBlocker stops both SaveImage
+    branches (and the refining KSampler), the run still succeeds and Assemble Rank shows why."""
+    from rewardloop.workflows import tiny_run
+    name = "best_of_n_preference"
+    plan = tiny_run.load_plan()
+    ok, reason = tiny_run.entry_for(name, plan)
+    if not ok:
+        pytest.skip(reason)
+    entry = {**plan[name], "set": {**plan[name]["set"], "17": {"stop_on": "scores_1", "stop_threshold": 1e6}}}
+    files = _build_models(entry, comfy.models_root, comfy.python)
+    prompt = tiny_run.apply(json.loads((ROOT / "workflows" / f"{name}.api.json").read_text()), entry, files)
+    hist = comfy.run(prompt)
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"].get("messages"))[:3000]
+    outs = hist["outputs"]
+    assert "18" not in outs and "22" not in outs, sorted(outs)  # both SaveImage nodes were blocked
+    text = " ".join(outs["17"].get("text", []))
+    assert "stopped:" in text and "below the threshold" in text, outs["17"]
