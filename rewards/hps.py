@@ -36,7 +36,7 @@ from ..weights.loaders import (ModelHandle, _dtype_device, _place, _resolve, emp
 from ..weights.safe_load import load_state_dict
 from .preference import (PreferenceScorer, clip_text_embeds, encode_distinct, model_device_dtype,
                          pad_square_pixels, split_models, unit, _as_tensor)
-from .similarity import openai_clip_text_to_hf
+from .similarity import openai_clip_text_to_hf, openai_resblocks_to_hf
 
 NAME = "hps"
 DEFAULT_MODELS = {"hps": "hps-v2.1", "clip_tokenizer": "clip-vit-h-14-tokenizer"}
@@ -88,22 +88,10 @@ def open_clip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
               "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
               "visual.ln_post.weight": "vision_model.post_layernorm.weight",
               "visual.ln_post.bias": "vision_model.post_layernorm.bias"}
-    sub = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-           "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for k, v in sd.items():
-        if k in simple:
-            out[simple[k]] = v
-        elif k == "visual.proj":
-            out["visual_projection.weight"] = v.t().contiguous()  # open_clip: x @ proj
-        elif m := re.match(r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", k):
-            i, kind = m.groups()
-            base = f"vision_model.encoder.layers.{i}.self_attn"
-            q, kk, vv = v.chunk(3, dim=0)
-            out[f"{base}.q_proj.{kind}"], out[f"{base}.k_proj.{kind}"], out[f"{base}.v_proj.{kind}"] = q, kk, vv
-        elif m := re.match(r"visual\.transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", k):
-            i, mod, kind = m.groups()
-            if mod in sub:
-                out[f"vision_model.encoder.layers.{i}.{sub[mod]}.{kind}"] = v
+    out.update({simple[k]: v for k, v in sd.items() if k in simple})
+    if "visual.proj" in sd:
+        out["visual_projection.weight"] = sd["visual.proj"].t().contiguous()  # open_clip: x @ proj
+    out.update(openai_resblocks_to_hf(sd, "visual.transformer.resblocks.", "vision_model.encoder.layers."))
     return out
 
 

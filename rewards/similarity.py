@@ -76,30 +76,39 @@ def _resolve_weights(weights: str | os.PathLike) -> Path:
                             "FineRewards' HPS-v1 file is hpc.pt).")
 
 
+_RESBLOCK_SUB = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
+                 "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def openai_resblocks_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """OpenAI-CLIP residual blocks (``{src}N.attn.in_proj_*``, ``ln_1``, ``mlp.c_fc`` …) → ``CLIPModel`` encoder
+    layers (``{dst}N.self_attn.{q,k,v}_proj``, ``layer_norm1``, ``mlp.fc1`` …); the packed in-projection is split."""
+    out: dict[str, torch.Tensor] = {}
+    packed = re.compile(re.escape(src) + r"(\d+)\.attn\.in_proj_(weight|bias)$")
+    plain = re.compile(re.escape(src) + r"(\d+)\.(.+)\.(weight|bias)$")
+    for k, v in sd.items():
+        if m := packed.match(k):
+            i, kind = m.groups()
+            base = f"{dst}{i}.self_attn"
+            q, kk, vv = v.chunk(3, dim=0)
+            out[f"{base}.q_proj.{kind}"], out[f"{base}.k_proj.{kind}"], out[f"{base}.v_proj.{kind}"] = q, kk, vv
+        elif (m := plain.match(k)) and m.group(2) in _RESBLOCK_SUB:
+            i, mod, kind = m.groups()
+            out[f"{dst}{i}.{_RESBLOCK_SUB[mod]}.{kind}"] = v
+    return out
+
+
 def openai_clip_text_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map an OpenAI-CLIP (``clip`` package / HPS-v1) state dict's text tower to ``CLIPModel`` keys."""
-    out: dict[str, torch.Tensor] = {}
     simple = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
               "positional_embedding": "text_model.embeddings.position_embedding.weight",
               "ln_final.weight": "text_model.final_layer_norm.weight",
               "ln_final.bias": "text_model.final_layer_norm.bias",
               "logit_scale": "logit_scale"}
-    sub = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-           "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for k, v in sd.items():
-        if k in simple:
-            out[simple[k]] = v
-        elif k == "text_projection":
-            out["text_projection.weight"] = v.t().contiguous()  # OpenAI: x @ P; HF Linear: x @ W.T
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", k):
-            i, kind = m.groups()
-            base = f"text_model.encoder.layers.{i}.self_attn"
-            q, kk, vv = v.chunk(3, dim=0)
-            out[f"{base}.q_proj.{kind}"], out[f"{base}.k_proj.{kind}"], out[f"{base}.v_proj.{kind}"] = q, kk, vv
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", k):
-            i, mod, kind = m.groups()
-            if mod in sub:
-                out[f"text_model.encoder.layers.{i}.{sub[mod]}.{kind}"] = v
+    out = {simple[k]: v for k, v in sd.items() if k in simple}
+    if "text_projection" in sd:
+        out["text_projection.weight"] = sd["text_projection"].t().contiguous()  # OpenAI: x @ P; HF Linear: x @ W.T
+    out.update(openai_resblocks_to_hf(sd, "transformer.resblocks.", "text_model.encoder.layers."))
     return out
 
 
