@@ -1,6 +1,6 @@
 """ImageReward (Xu et al. 2023), reward ``image_reward``.
 
-    image_reward(image, prompt) = ( MLP( T(prompt | V(image))[CLS] ) − μ ) / σ      unbounded, ≈ N(0, 1); higher is better
+    image_reward(image, prompt) = ( MLP( T(prompt | V(image))[CLS] ) − μ ) / σ     ≈ N(0, 1), unbounded; higher is better
 
 ``V`` is BLIP's ViT-L/16 (224 px; all patch tokens after the final LayerNorm), ``T`` BLIP's BERT-base text encoder
 whose every layer cross-attends to ``V``'s tokens (bidirectional self-attention, no [ENC] token swap: the prompt is

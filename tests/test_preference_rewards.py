@@ -69,8 +69,8 @@ def _open_clip_tower(x, sd, prefix, layers, heads, mask=None):
     for i in range(layers):
         b = f"{prefix}transformer.resblocks.{i}."
         mha = torch.nn.MultiheadAttention(x.shape[-1], heads, batch_first=True)
-        mha.load_state_dict({"in_proj_weight": sd[b + "attn.in_proj_weight"], "in_proj_bias": sd[b + "attn.in_proj_bias"],
-                             "out_proj.weight": sd[b + "attn.out_proj.weight"], "out_proj.bias": sd[b + "attn.out_proj.bias"]})
+        mha.load_state_dict({k: sd[b + "attn." + k] for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight",
+                                                               "out_proj.bias")})
         h = _ln(x, sd, b + "ln_1", 1e-5)
         x = x + mha(h, h, h, need_weights=False, attn_mask=mask)[0]
         h = _ln(x, sd, b + "ln_2", 1e-5)
@@ -96,12 +96,14 @@ def _hps_reference(images, prompts, tokenizer):
     px = torch.stack(px)
     with torch.no_grad():
         x = F.conv2d(px, sd["visual.conv1.weight"], stride=8).flatten(2).transpose(1, 2)
-        x = torch.cat([sd["visual.class_embedding"].expand(x.shape[0], 1, -1), x], 1) + sd["visual.positional_embedding"]
+        x = torch.cat([sd["visual.class_embedding"].expand(x.shape[0], 1, -1), x], 1)
+        x = x + sd["visual.positional_embedding"]
         x = _open_clip_tower(_ln(x, sd, "visual.ln_pre", 1e-5), sd, "visual.", 2, 2)
         img = _ln(x[:, 0], sd, "visual.ln_post", 1e-5) @ sd["visual.proj"]
         ids = torch.zeros(len(prompts), 77, dtype=torch.long)
         for i, p in enumerate(prompts):
-            t = [tokenizer.bos_token_id] + tokenizer(p, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            body = tokenizer(p, add_special_tokens=False)["input_ids"]
+            t = [tokenizer.bos_token_id] + body + [tokenizer.eos_token_id]
             ids[i, :len(t)] = torch.tensor(t)
         x = sd["token_embedding.weight"][ids] + sd["positional_embedding"]
         causal = torch.full((77, 77), float("-inf")).triu(1)
@@ -392,7 +394,8 @@ def test_open_clip_config_reads_vit_h_14_from_shapes():
 
 def test_blip_vit_large_config_from_shapes():
     from rewardloop.rewards.image_reward import text_config_from, vision_config_from
-    sd = {"embeddings.patch_embedding.weight": _meta(1024, 3, 16, 16), "embeddings.position_embedding": _meta(1, 197, 1024),
+    sd = {"embeddings.patch_embedding.weight": _meta(1024, 3, 16, 16),
+          "embeddings.position_embedding": _meta(1, 197, 1024),
           **{f"encoder.layers.{i}.mlp.fc1.weight": _meta(4096, 1024) for i in range(24)}}
     v = vision_config_from(sd)
     assert (v["hidden_size"], v["num_hidden_layers"], v["num_attention_heads"], v["image_size"], v["layer_norm_eps"]) \
@@ -419,7 +422,8 @@ def test_assemble_rank_returns_latent_and_mask_subsets(image_batch, tmp_path, mo
     node = rewardloop.NODE_CLASS_MAPPINGS["RewardLoopAssembleRank"]()
     imgs = image_batch(4, 16, 24)
     lat = {"samples": torch.arange(4.0)[:, None, None, None].expand(4, 4, 2, 3).clone(),
-           "noise_mask": torch.arange(4.0)[:, None, None, None].expand(4, 1, 2, 3).clone(), "batch_index": [7, 8, 9, 10]}
+           "noise_mask": torch.arange(4.0)[:, None, None, None].expand(4, 1, 2, 3).clone(),
+           "batch_index": [7, 8, 9, 10]}
     masks = torch.arange(4.0)[:, None, None].expand(4, 16, 24).clone()
     out = node.rank(imgs, "rank_sum", 2, 0, latents=lat, masks=masks, scores_1=_S("a", [1, 4, 2, 3]))["result"]
     ranked, top, idx, _, _, lat_r, lat_top, m_r, m_top = out
