@@ -74,8 +74,8 @@ def pip_install(packages: list[str], runner=subprocess.check_call) -> None:
 
 def main(argv: list[str] | None = None, runner=subprocess.check_call) -> int:
     ap = argparse.ArgumentParser(description="Install RewardLoop's dependencies (never torch).")
-    ap.add_argument("--download", metavar="PROFILE", help="also download a model profile: light, paper, full, "
-                                                          "train, train-xl")
+    ap.add_argument("--download", metavar="PROFILE", help="also download a model profile: light, paper, "
+                                                          "preference, full, train, train-xl")
     ap.add_argument("--root", help="models root for --download")
     args = ap.parse_args(argv)
     host = detect_host()
