@@ -11,8 +11,8 @@ OpenAI CLIP normalisation (:func:`~rewardloop.rewards.preference.center_crop_pix
 
 The release (``THUDM/ImageReward``: ``ImageReward.pt`` + ``med_config.json``) is loaded weights-only and mapped onto
 transformers' ``BlipVisionModel`` (``blip.visual_encoder.*``: timm ViT keys → BLIP vision keys, the fused qkv kept)
-and ``BlipTextModel`` (``blip.text_encoder.*``: BLIP's med.py names, which transformers kept); ``blip.vision_proj`` /
-``blip.text_proj`` (unused for the score) are dropped. Vision sizes come from the tensors (heads = width/64, as in
+and ``BlipTextModel`` (``blip.text_encoder.*``: BLIP's med.py names, which transformers kept); the other ``blip.*``
+parts (``vision_proj`` / ``text_proj``, unused for the score) are dropped. Vision sizes come from the tensors (heads = width/64, as in
 BLIP's ViT-B and ViT-L), text sizes from ``med_config.json``.
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ MEAN = 0.16717362830052426
 STD = 1.0333394966054072
 MAX_TOKENS = 35
 CHECKPOINT_NAMES = ("ImageReward.pt", "ImageReward.safetensors", "model.safetensors")
-IGNORED_PREFIXES = ("blip.vision_proj.", "blip.text_proj.", "blip.itm_head.")
 
 
 class ImageRewardModel(torch.nn.Module):
@@ -141,8 +140,7 @@ def build_image_reward(sd: dict[str, torch.Tensor], med: dict, dtype: torch.dtyp
     vision_sd, text_sd = blip_vision_to_hf(sd), blip_text_to_hf(sd)
     vcfg = BlipVisionConfig(**vision_config_from(vision_sd))
     tcfg = BlipTextConfig(**text_config_from(med, vcfg.hidden_size))
-    known = ("blip.visual_encoder.", "blip.text_encoder.", "mlp.") + IGNORED_PREFIXES
-    stray = [k for k in sd if not k.startswith(known)]
+    stray = [k for k in sd if not k.startswith(("blip.", "mlp."))]  # other blip.* parts (projections) are unused
     if stray:
         raise ValueError(f"Unexpected keys in the ImageReward checkpoint (e.g. {stray[0]}): is it ImageReward.pt?")
     with empty_init(dtype):
