@@ -72,6 +72,26 @@ REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "
                                      "aesthetic": {"aesthetic", "clip"}, "clip_score": {"clip"}}
 
 
+# which catalogue kinds can fill each model role (model pickers: the A1111/Forge extension, nodes)
+ROLE_KINDS: dict[str, tuple[str, ...]] = {
+    "captioner": ("captioner",), "text_encoder": ("text_encoder", "clip"), "sam": ("sam",), "clip": ("clip",),
+    "llm": ("llm",), "rich_feedback": ("rich_feedback",), "pickscore": ("clip",), "hps": ("hps",),
+    "clip_tokenizer": ("tokenizer",), "image_reward": ("image_reward",), "bert_tokenizer": ("tokenizer",),
+    "aesthetic": ("aesthetic",),
+}
+
+
+def default_models(reward: str) -> dict[str, str]:
+    """The models a reward uses for the roles it is not given (its module's ``DEFAULT_MODELS``), without loading."""
+    if reward not in SCORER_FACTORIES:
+        raise ValueError(f"Unknown reward {reward!r}: choose from {', '.join(available())}.")
+    mod = importlib.import_module(SCORER_FACTORIES[reward].split(":")[0], __package__)
+    found = getattr(mod, "DEFAULT_MODELS", None)
+    if found is None and getattr(mod, "DEFAULT_MODEL", None):
+        found = {next(iter(REWARD_ROLES.get(reward, {"model"}))): mod.DEFAULT_MODEL}
+    return dict(found or {})
+
+
 def models_for(reward: str, models: dict[str, str]) -> dict[str, str]:
     """Split model options between rewards: ``reward.role=X`` goes to that reward only (e.g.
     ``sam_llm.captioner=blip-large``, ``sam_llm.points_per_side=8``); a plain ``role=X`` goes to the rewards

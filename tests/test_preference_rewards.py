@@ -505,3 +505,18 @@ def test_score_and_rank_cli_take_the_new_rewards(built, tmp_path, capsys):
     assert main(["rank", str(src), "--rewards", "hps,image_reward,aesthetic,clip_score", "--prompt", "a red car",
                  "--out", str(out), *args]) == 0
     assert len(list((out / "ranked").iterdir())) == 3 and (out / "report.csv").is_file()
+
+
+def test_every_reward_names_its_roles_defaults_and_their_kinds():
+    """What model pickers (the A1111/Forge extension) need, for every registry reward."""
+    from rewardloop.weights.catalogue import get_spec
+    for name in scoring.available():
+        roles = scoring.REWARD_ROLES[name]
+        defaults = scoring.default_models(name)
+        assert set(defaults) <= roles and name in scoring.REWARD_INFO
+        for role, key in defaults.items():
+            assert get_spec(key).kind in scoring.ROLE_KINDS[role], (name, role, key)
+        for role in roles:
+            assert role in scoring.ROLE_KINDS, role
+    assert scoring.default_models("hps") == {"hps": "hps-v2.1", "clip_tokenizer": "clip-vit-h-14-tokenizer"}
+    assert scoring.default_models("rich") == {"rich_feedback": "rahf-richhf-multihead"}
