@@ -142,11 +142,6 @@ def read_references(refs: Sequence) -> tuple[list[Image.Image], list[str]]:
     return images, names
 
 
-def _resolve_base(base: str) -> Path:
-    from . import lora as L
-    return L._resolve_base(base)
-
-
 def plan_evaluation(lora, references: Sequence, class_noun: str, base: str | None = None,
                     identifier: str | None = None, samples: int = 4, seed: int = 0, steps: int = 50,
                     cfg: float = 7.5, resolution: int | None = None, lora_scale: float = 1.0, kind: str = "auto",
@@ -156,6 +151,7 @@ def plan_evaluation(lora, references: Sequence, class_noun: str, base: str | Non
     """Check everything and fix prompts/seeds; loads no model. ``lora=None`` evaluates the base model itself."""
     from ..fileio import check_output_folder
     from ..weights.registry import resolve
+    from .base_model import _resolve_base  # resolves names and paths without loading
     if out is not None:
         check_output_folder(out, overwrite)
     cls = resolve_class(class_noun)
