@@ -24,22 +24,29 @@ def collect_images(items, what: str = "Image") -> list[Path]:
     files: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_symlink() and not p.exists():
-            raise UserError(f"{what} {p} is a broken symbolic link: point it at a file or remove it.")
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
-            if not found:
-                raise UserError(f"Folder {p} holds no images: add .png/.jpg/.jpeg/.webp/.bmp files.")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        elif p.exists():
-            raise UserError(f"{what} {p} is not a regular file: give image files or folders of them.")
-        else:
-            raise UserError(f"{what} {p} does not exist.")
+        try:
+            files += _images_of(p, what)
+        except OSError as e:  # a name too long, a folder that cannot be listed, …
+            raise UserError(f"{what} {p}: {e.strerror or e}.") from None
     if not files:
         raise UserError("No images found: pass image files or folders with .png/.jpg/.webp files.")
     return files
+
+
+def _images_of(p: Path, what: str) -> list[Path]:
+    """One command-line item: an image file, or a folder's image files."""
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"{what} {p} is a broken symbolic link: point it at a file or remove it.")
+    if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+        if not found:
+            raise UserError(f"Folder {p} holds no images: add .png/.jpg/.jpeg/.webp/.bmp files.")
+        return found
+    if p.is_file():
+        return [p]
+    if p.exists():
+        raise UserError(f"{what} {p} is not a regular file: give image files or folders of them.")
+    raise UserError(f"{what} {p} does not exist.")
 
 
 def load_images(files):
@@ -58,8 +65,11 @@ def _name_max(path: Path) -> int:
 def _existing_ancestor(p: Path) -> Path:
     p = p.absolute()
     for q in [p, *p.parents]:
-        if q.exists() or q.is_symlink():
-            return q
+        try:
+            if q.exists() or q.is_symlink():
+                return q
+        except OSError:  # a name too long for the file system: look further up
+            continue
     return Path(p.anchor)
 
 

@@ -95,7 +95,8 @@ def run(args) -> int:
     n = convert_all(args.folder, check=args.check, core_path=args.core_nodes,
                     previews=bool(getattr(args, "previews", False)) and not args.check)
     if n:
-        print(f"{n} problem(s)", file=sys.stderr)
+        print(f"error: {n} problem(s) in the workflows above: fix the INVALID ones, regenerate STALE ones with "
+              "`python -m rewardloop workflows`", file=sys.stderr)
     return 1 if n else 0
 
 
