@@ -56,9 +56,9 @@ def _check_segments(segments, image) -> None:
 
 def _check_labeller(clip, captioner, mode: str = "clip") -> None:
     from ..errors import UserError
-    if mode == "clip" and clip is None:
-        raise UserError("Labels in mode clip need a CLIP model: connect Load CLIP for Labels to 'clip' "
-                        "(or use mode caption with a captioner).")
+    if (mode == "clip" and clip is None) or (clip is None and captioner is None):
+        raise UserError("Labels need a CLIP model: connect Load CLIP for Labels to 'clip' (or a captioner to "
+                        "'captioner' with mode caption).")
     if mode == "caption" and captioner is None:
         raise UserError("Labels in mode caption need a captioner: connect Captioner Loader to 'captioner'.")
 
@@ -252,6 +252,7 @@ class RewardLoopSamLlmReward:
               clip=None, captioner=None, segments=None):
         from ..rewards.sam_llm import SamLlmReward
         from ..rewards.segments import split_segments
+        image_hw(image)
         if segments is not None:
             _check_segments(segments, image)
         if segments is None or not segments.labels:

@@ -466,7 +466,7 @@ def _run(*args, env=None):
                           timeout=300)
 
 
-@pytest.mark.parametrize("case", ["score-text-as-png", "rank-unknown-reward-fails-fast", "fix-gigantic-dilation",
+@pytest.mark.parametrize("case", ["score-text-as-png", "rank-unknown-reward-fails-fast",
                                   "score-pickle-payload-pth"])
 def test_real_subprocess_cases(case, corpus, tmp_path):
     """The same contract through ``python -m rewardloop`` (interpreter exit code, real stderr)."""

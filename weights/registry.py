@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import bridge
+from ..errors import UserError
 from .catalogue import ModelSpec, by_key, get_spec, specs_for_profile
 
 log = logging.getLogger("rewardloop")
@@ -99,7 +100,7 @@ def candidates(spec: ModelSpec) -> list[tuple[str, Path]]:
     return out
 
 
-class UntrustedPathError(ValueError):
+class UntrustedPathError(UserError):
     """A model name from a shared workflow that points outside the model folders."""
 
 
