@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _sigint)
     except ValueError:  # not in the main thread
         pass
+    if not args.verbose and args.command not in ("models", "download", "workflows"):
+        from ..weights.loaders import quiet_transformers
+        quiet_transformers()  # only our own progress bars (on a terminal) and results
     try:
         with _progress_safe_logging():
             return int(args.func(args) or 0)

@@ -1227,8 +1227,12 @@ def save_samples(components, prompts, seed: int, steps: int, cfg: float, resolut
                  stem: str) -> tuple[list, list[Path]]:
     """Generate one image per prompt (seeds ``seed, seed+1, …``) and save them atomically as ``stem_<i>.png``."""
     prompts = list(prompts)
-    imgs = generate(components, prompts, [int(seed) + i for i in range(len(prompts))], steps=int(steps),
-                    cfg=float(cfg), width=int(resolution), height=int(resolution))
+    imgs = []
+    with bridge.Progress(len(prompts), "sample images") as bar:  # a long wait on a CPU: show it
+        for i, p in enumerate(prompts):
+            imgs += generate(components, [p], [int(seed) + i], steps=int(steps), cfg=float(cfg),
+                             width=int(resolution), height=int(resolution))
+            bar.update(1)
     out = []
     for i, img in enumerate(imgs):
         p = Path(folder) / f"{stem}_{i}.png"
