@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..rewards.report import scores_json, scores_table
 from ..rewards.scoring import available, check_scorers, make_scorer, parse_model_options
-from ._checks import IMAGE_SUFFIXES, add_device_args, check_prompts, collect_images, load_images, split_names  # noqa: F401
+from ._checks import add_device_args, check_prompts, collect_images, load_images, split_names
 
 
 def register(sub):

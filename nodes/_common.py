@@ -62,7 +62,8 @@ def check_widgets(node, values: dict) -> None:
                 raise UserError(f"{where} must be a finite number, got {v}.")
             lo, hi = opts.get("min"), opts.get("max")
             if (lo is not None and v < lo) or (hi is not None and v > hi):
-                rng = f"{lo}..{hi}" if lo is not None and hi is not None else f"≥ {lo}" if lo is not None else f"≤ {hi}"
+                rng = (f"{lo}..{hi}" if lo is not None and hi is not None
+                       else f"≥ {lo}" if lo is not None else f"≤ {hi}")
                 raise UserError(f"{where} = {v} is out of range: set it to {rng}.")
 
 

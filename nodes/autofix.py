@@ -80,8 +80,8 @@ class RewardLoopAutoFix:
         masks = mask_to_batch(mask)
         check_map_fits("mask", masks, image)
         if tuple(masks.shape[-2:]) != (h, w):
-            raise UserError(f"The mask is {masks.shape[-1]}×{masks.shape[-2]} but the image is {w}×{h}: make the mask "
-                            "at the image size (Heatmap → Mask with the image connected).")
+            raise UserError(f"The mask is {masks.shape[-1]}×{masks.shape[-2]} but the image is {w}×{h}: make the "
+                            "mask at the image size (Heatmap → Mask with the image connected).")
         from ..rewards.rich_feedback.predict import SCORE_NAMES  # the default re-scorer's
         names = list(getattr(scorer, "names", []) or []) if scorer is not None else SCORE_NAMES
         if score_name and names and score_name not in names:

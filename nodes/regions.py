@@ -73,7 +73,8 @@ class RewardLoopHeatmapOverlay:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Images to draw on."}),
-            "heatmap": ("MASK", {"tooltip": "Heatmap in 0..1 (one for all images, or one per image; any resolution with the images' aspect ratio)."}),
+            "heatmap": ("MASK", {"tooltip": "Heatmap in 0..1 (one for all images, or one per image; any resolution "
+                                            "with the images' aspect ratio)."}),
             "colormap": (list(COLORMAPS), {"default": "jet", "tooltip": "OpenCV colour map."}),
             "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                 "tooltip": "Opacity of the overlay (0 = image only, 1 = colours only)."}),
