@@ -338,6 +338,18 @@ CASES = [
      "--vit-heads"),
     ("convert-existing-output", ["convert-rich-feedback", "{good}", "--name", "keep.txt", "--out-dir",
                                  "{full_out}"], "--overwrite"),
+    # ------------------------------------------------ eval-personalization
+    ("eval-personalization-bad-reference", ["eval-personalization", "--lora", "none", "--base", "tiny-sd", "--refs",
+                                            "{mixed}", "--class", "dog", "--dino", "tiny-dino", "--clip", "tiny-clip",
+                                            "--out", "{out}"], "b.png"),
+    ("eval-personalization-bomb-reference", ["eval-personalization", "--lora", "none", "--base", "tiny-sd", "--refs",
+                                             "{bomb}", "--class", "dog", "--dino", "tiny-dino", "--clip",
+                                             "tiny-clip", "--out", "{out}"], "decompression-bomb"),
+    ("eval-personalization-missing-lora", ["eval-personalization", "--lora", "no-such-lora", "--refs", "{good}",
+                                           "--class", "dog", "--out", "{out}"], "no-such-lora"),
+    ("eval-personalization-out-not-empty", ["eval-personalization", "--lora", "none", "--base", "tiny-sd", "--refs",
+                                            "{good}", "--class", "dog", "--dino", "tiny-dino", "--clip", "tiny-clip",
+                                            "--out", "{full_out}"], "overwrite"),
     # ------------------------------------------------ training commands (their checks: the training work)
     ("train-dpg-bad-reference", [*DPG, "--refs", "{mixed}", "--out", "corpus_dpg"], "b.png"),
     ("train-dpg-missing-refs", [*DPG, "--refs", "{missing}", "--out", "corpus_dpg"], "does not exist"),
