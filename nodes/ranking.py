@@ -9,7 +9,7 @@ import torch
 from ..rewards.images import broadcast_prompts, image_to_pil
 from ..rewards.ranking import MODES, assemble_rank
 from ..rewards.report import scores_table
-from ._common import CATEGORY, DEVICES, DTYPES, SCORER, SCORES, device_arg
+from ._common import CATEGORY, DEVICES, DTYPES, SCORER, SCORES, check_map_fits, device_arg, image_hw, validated
 
 N_SOCKETS = 6
 
@@ -32,8 +32,9 @@ def select_latent(latent: dict, idx: list[int], n: int) -> dict:
     """The LATENT entries of ``idx`` (same order): ``samples`` and any per-image ``noise_mask`` / ``batch_index``."""
     samples = latent["samples"]
     if samples.shape[0] != n:
-        raise ValueError(f"Assemble Rank: the latents hold {samples.shape[0]} samples but {n} images were ranked: "
-                         "connect the LATENT the images were decoded from.")
+        from ..errors import UserError
+        raise UserError(f"Assemble Rank: the latents hold {samples.shape[0]} samples but {n} images were ranked: "
+                        "connect the LATENT the images were decoded from.")
     out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", "batch_index")}
     out["samples"] = samples[idx]
     mask = latent.get("noise_mask")
@@ -50,10 +51,7 @@ def select_mask(mask: torch.Tensor, idx: list[int], n: int) -> torch.Tensor:
     mask = mask_to_batch(mask)
     if mask.shape[0] == 1:
         return mask.expand(len(idx), -1, -1).clone()
-    if mask.shape[0] != n:
-        raise ValueError(f"Assemble Rank: {mask.shape[0]} masks for {n} images: give one mask per image, or one for "
-                         "all.")
-    return mask[idx]
+    return mask[idx]  # the count was checked against the images (check_map_fits)
 
 
 STOP_CHOICES = ["off", "assembled"] + [f"scores_{i}" for i in range(1, N_SOCKETS + 1)]
@@ -69,8 +67,9 @@ def stop_reason(ranking, scores_by_socket: dict[str, object], stop_on: str, thre
     else:
         s = scores_by_socket.get(stop_on)
         if s is None:
-            raise ValueError(f"Assemble Rank: stop_on is {stop_on} but nothing is connected there: connect it or pick "
-                             "another socket.")
+            from ..errors import UserError
+            raise UserError(f"Assemble Rank: stop_on is {stop_on} but nothing is connected there: connect it or pick "
+                            "another socket.")
         values, hib, what = s.values, s.higher_is_better, f"{s.name} ({stop_on})"
     winners = ranking.best()
     ok = [i for i in winners if (values[i] >= threshold if hib else values[i] <= threshold)]
@@ -142,6 +141,7 @@ class RewardLoopAssembleRank:
                                               "ranked on its own); 0 = the whole batch is one group."}),
         }, "optional": opt}
 
+    @validated
     def rank(self, images, mode, top_k, group_size, latents=None, masks=None, stop_on="off", stop_threshold=0.0,
              **kw):
         from ..bridge import execution_blocker
@@ -152,14 +152,20 @@ class RewardLoopAssembleRank:
                 scores.append(s)
                 weights.append(float(kw.get(f"weight_{i}", 1.0)))
                 by_socket[f"scores_{i}"] = s
+        from ..errors import UserError
         if not scores:
-            raise ValueError("Assemble Rank: connect at least one REWARDLOOP_SCORES input (a reward node's scores).")
+            raise UserError("Assemble Rank: connect at least one REWARDLOOP_SCORES input (a reward node's scores).")
+        image_hw(images)  # a batch with images, all finite
         n = images.shape[0]
-        if len(scores[0]) != n:
-            raise ValueError(f"Assemble Rank: {n} images but reward {scores[0].name!r} scored {len(scores[0])}: "
-                             "score the same batch you rank.")
-        if stop_on not in STOP_CHOICES:
-            raise ValueError(f"Assemble Rank: stop_on {stop_on!r} unknown: choose {', '.join(STOP_CHOICES)}.")
+        for s in scores:
+            if len(s) != n:
+                raise UserError(f"Assemble Rank: {n} images but reward {s.name!r} scored {len(s)}: score the same "
+                                "batch you rank.")
+        if group_size and n % group_size:
+            raise UserError(f"Assemble Rank: {n} images do not split into groups of {group_size}: set group_size to "
+                            f"a divisor of {n} (images per prompt), or 0 for one group.")
+        if masks is not None:
+            check_map_fits("mask", masks, images)
         r = assemble_rank(scores, weights, mode, group_size)
         top = r.top_k(top_k)
         table = r.table()
@@ -184,6 +190,23 @@ def _models_from_text(text: str) -> dict[str, str]:
     return parse_model_options(items)
 
 
+def _bounded_models(reward: str, models: dict[str, str]) -> dict[str, str]:
+    """Model names typed into a (possibly shared) workflow may only name catalogue keys or entries inside ComfyUI's
+    model folders, never a host path; every one is checked before anything loads. Names found in a folder are
+    passed on as that resolved path, so the loader cannot pick another file of the same name elsewhere."""
+    from ..rewards.scoring import check_scorers, models_for
+    from ..weights.catalogue import by_key
+    plan = check_scorers([reward], models, trusted=False)[reward]
+    own = models_for(reward, models)
+    keys = by_key()
+    out = dict(models)
+    for key, value in models.items():
+        role = key.split(".", 1)[1] if "." in key else key
+        if role in plan and own.get(role) == value and value not in keys:
+            out[key] = plan[role]
+    return out
+
+
 class RewardLoopScorerFromRegistry:
     DESCRIPTION = ("Builds a reward scorer by name (any reward of the registry: the fine-grained ones and PickScore, "
                    "HPS, ImageReward, aesthetics, CLIPScore) with chosen models, for Score With Scorer, Assemble "
@@ -205,14 +228,18 @@ class RewardLoopScorerFromRegistry:
                                   "tooltip": "Optional ROLE=MODEL, one per line; empty roles use the reward's "
                                              "defaults. Roles: " + "; ".join(
                                                  f"{n}: {', '.join(sorted(REWARD_ROLES.get(n, ())))}" for n in names)
-                                             + ". Options too, e.g. batch_size=8."}),
+                                             + ". Options too, e.g. batch_size=8. Models are catalogue keys or "
+                                             "names inside ComfyUI's model folders; paths outside them are refused "
+                                             "(workflows are shared)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where the reward models run."}),
             "dtype": (DTYPES, {"default": "auto", "tooltip": "Precision of the reward models."}),
         }}
 
+    @validated
     def load(self, reward, models, device, dtype):
         from ..rewards.scoring import make_scorer
-        return (make_scorer(reward, models=_models_from_text(models), device=device_arg(device),
+        checked = _bounded_models(reward, _models_from_text(models))
+        return (make_scorer(reward, models=checked, device=device_arg(device),
                             dtype=None if dtype == "auto" else dtype),)
 
 
@@ -238,6 +265,7 @@ class RewardLoopScoreWithScorer:
                                              "image."}),
         }}
 
+    @validated
     def score(self, scorer, images, prompt):
         pils = image_to_pil(images)
         out = scorer(pils, broadcast_prompts(prompt, len(pils)))

@@ -23,10 +23,19 @@ import torch
 from ..weights.cache import cached
 from ..weights.loaders import ModelHandle, _dtype_device, _place, _resolve, load_clip
 from ..weights.safe_load import load_state_dict
-from .preference import PreferenceScorer, clip_image_embeds, clip_processor_pixels, split_models
+from .preference import (COMMON_OPTIONS, PreferenceScorer, clip_image_embeds, clip_processor_pixels,
+                         needed)
 
 NAME = "aesthetic"
 DEFAULT_MODELS = {"aesthetic": "laion-aesthetic-v2", "clip": "clip-vit-large-patch14"}
+MODEL_ROLES = {"aesthetic": "rewards", "clip": "clip"}  # role -> model folder
+OPTION_KEYS = dict(COMMON_OPTIONS)
+SCORE_NAMES = [NAME]  # the scores this reward produces
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in) and the typed options, checked before loading."""
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
 
 
 class ScoreMLP(torch.nn.Module):
@@ -109,8 +118,8 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size:
                 **_ignored) -> AestheticScorer:
     """Registry factory. Roles: ``aesthetic`` (the MLP head, default laion-aesthetic-v2), ``clip`` (default
     clip-vit-large-patch14). Options: batch_size, keep_loaded."""
-    roles, opts = split_models(NAME, models, DEFAULT_MODELS, options={"batch_size": batch_size,
-                                                                      "keep_loaded": keep_loaded})
+    roles, given = needed_models(models)
+    opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, **given}
     clip = load_clip(roles["clip"], dtype=dtype, device=device)
     head = load_aesthetic(roles["aesthetic"], device=device)
     return AestheticScorer(head, clip, **opts)

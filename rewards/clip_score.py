@@ -11,11 +11,19 @@ from __future__ import annotations
 import torch
 
 from ..weights.loaders import ModelHandle, load_clip
-from .preference import (PreferenceScorer, clip_image_embeds, clip_processor_pixels, clip_text_embeds,
-                         encode_distinct, split_models, tokenizer_of)
+from .preference import (COMMON_OPTIONS, PreferenceScorer, clip_image_embeds, clip_processor_pixels, clip_text_embeds,
+                         encode_distinct, needed, tokenizer_of)
 
 NAME = "clip_score"
 DEFAULT_MODELS = {"clip": "clip-vit-large-patch14"}
+MODEL_ROLES = {"clip": "clip"}  # role -> model folder
+OPTION_KEYS = {**COMMON_OPTIONS, "weight": float, "prefix": str}
+SCORE_NAMES = [NAME]  # the scores this reward produces
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in) and the typed options, checked before loading."""
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
 WEIGHT = 2.5
 PREFIX = "A photo depicts"
 
@@ -48,7 +56,6 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size:
                 weight: float = WEIGHT, prefix: str = PREFIX, **_ignored) -> CLIPScoreScorer:
     """Registry factory. Role ``clip`` (default clip-vit-large-patch14). Options: weight (2.5), prefix ("A photo
     depicts"; empty for none), batch_size, keep_loaded."""
-    roles, opts = split_models(NAME, models, DEFAULT_MODELS, {"weight": float, "prefix": str},
-                               {"batch_size": batch_size, "keep_loaded": keep_loaded, "weight": weight,
-                                "prefix": prefix})
+    roles, given = needed_models(models)
+    opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, "weight": weight, "prefix": prefix, **given}
     return CLIPScoreScorer(load_clip(roles["clip"], dtype=dtype, device=device), **opts)

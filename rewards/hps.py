@@ -34,12 +34,20 @@ from ..weights.cache import cached
 from ..weights.loaders import (ModelHandle, _dtype_device, _place, _resolve, empty_init, load_tokenizer,
                                load_weights_strict)
 from ..weights.safe_load import load_state_dict
-from .preference import (PreferenceScorer, clip_text_embeds, encode_distinct, model_device_dtype,
-                         pad_square_pixels, split_models, unit, _as_tensor)
+from .preference import (COMMON_OPTIONS, PreferenceScorer, clip_text_embeds, encode_distinct, model_device_dtype,
+                         needed, pad_square_pixels, unit, _as_tensor)
 from .similarity import openai_clip_text_to_hf, openai_resblocks_to_hf
 
 NAME = "hps"
 DEFAULT_MODELS = {"hps": "hps-v2.1", "clip_tokenizer": "clip-vit-h-14-tokenizer"}
+MODEL_ROLES = {"hps": "rewards", "clip_tokenizer": "clip"}  # role -> model folder
+OPTION_KEYS = {**COMMON_OPTIONS, "vision_heads": int, "text_heads": int}
+SCORE_NAMES = [NAME]  # the scores this reward produces
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in) and the typed options, checked before loading."""
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
 
 
 # ---------------------------------------------------------------- open_clip → CLIPModel
@@ -151,9 +159,9 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size:
     """Registry factory. Roles: ``hps`` (an open_clip checkpoint, default hps-v2.1; hps-v2.0 also catalogued),
     ``clip_tokenizer`` (default clip-vit-h-14-tokenizer). Options: batch_size, keep_loaded, vision_heads,
     text_heads."""
-    roles, opts = split_models(NAME, models, DEFAULT_MODELS, {"vision_heads": int, "text_heads": int},
-                               {"batch_size": batch_size, "keep_loaded": keep_loaded, "vision_heads": vision_heads,
-                                "text_heads": text_heads})
+    roles, given = needed_models(models)
+    opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, "vision_heads": vision_heads,
+            "text_heads": text_heads, **given}
     hps = load_hps(roles["hps"], dtype=dtype, device=device, vision_heads=opts.pop("vision_heads"),
                    text_heads=opts.pop("text_heads"))
     return HPSScorer(hps, load_tokenizer(roles["clip_tokenizer"], "clip"), **opts)

@@ -1,6 +1,6 @@
 """ImageReward (Xu et al. 2023), reward ``image_reward``.
 
-    image_reward(image, prompt) = ( MLP( T(prompt | V(image))[CLS] ) − μ ) / σ     ≈ N(0, 1), unbounded; higher is better
+    image_reward(image, prompt) = ( MLP( T(prompt | V(image))[CLS] ) − μ ) / σ       ≈ N(0, 1), higher is better
 
 ``V`` is BLIP's ViT-L/16 (224 px; all patch tokens after the final LayerNorm), ``T`` BLIP's BERT-base text encoder
 whose every layer cross-attends to ``V``'s tokens (bidirectional self-attention, no [ENC] token swap: the prompt is
@@ -12,8 +12,8 @@ OpenAI CLIP normalisation (:func:`~rewardloop.rewards.preference.center_crop_pix
 The release (``THUDM/ImageReward``: ``ImageReward.pt`` + ``med_config.json``) is loaded weights-only and mapped onto
 transformers' ``BlipVisionModel`` (``blip.visual_encoder.*``: timm ViT keys → BLIP vision keys, the fused qkv kept)
 and ``BlipTextModel`` (``blip.text_encoder.*``: BLIP's med.py names, which transformers kept); the other ``blip.*``
-parts (``vision_proj`` / ``text_proj``, unused for the score) are dropped. Vision sizes come from the tensors (heads = width/64, as in
-BLIP's ViT-B and ViT-L), text sizes from ``med_config.json``.
+parts (``vision_proj`` / ``text_proj``, unused for the score) are dropped. Vision sizes come from the tensors
+(heads = width/64, as in BLIP's ViT-B and ViT-L), text sizes from ``med_config.json``.
 """
 from __future__ import annotations
 
@@ -29,10 +29,18 @@ from ..weights.loaders import (ModelHandle, _dtype_device, _place, _resolve, emp
                                load_weights_strict)
 from ..weights.safe_load import load_state_dict
 from .aesthetic import ScoreMLP
-from .preference import PreferenceScorer, center_crop_pixels, model_device_dtype, split_models
+from .preference import COMMON_OPTIONS, PreferenceScorer, center_crop_pixels, model_device_dtype, needed
 
 NAME = "image_reward"
 DEFAULT_MODELS = {"image_reward": "imagereward-v1.0", "bert_tokenizer": "bert-base-uncased-tokenizer"}
+MODEL_ROLES = {"image_reward": "rewards", "bert_tokenizer": "rewards"}  # role -> model folder
+OPTION_KEYS = dict(COMMON_OPTIONS)
+SCORE_NAMES = [NAME]  # the scores this reward produces
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in) and the typed options, checked before loading."""
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
 MEAN = 0.16717362830052426
 STD = 1.0333394966054072
 MAX_TOKENS = 35
@@ -204,7 +212,7 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size:
                 **_ignored) -> ImageRewardScorer:
     """Registry factory. Roles: ``image_reward`` (default imagereward-v1.0), ``bert_tokenizer`` (default
     bert-base-uncased-tokenizer). Options: batch_size, keep_loaded."""
-    roles, opts = split_models(NAME, models, DEFAULT_MODELS, options={"batch_size": batch_size,
-                                                                      "keep_loaded": keep_loaded})
+    roles, given = needed_models(models)
+    opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, **given}
     model = load_image_reward(roles["image_reward"], dtype=dtype, device=device)
     return ImageRewardScorer(model, load_tokenizer(roles["bert_tokenizer"], "rewards"), **opts)

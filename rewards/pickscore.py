@@ -14,11 +14,19 @@ from __future__ import annotations
 import torch
 
 from ..weights.loaders import ModelHandle, load_clip
-from .preference import (PreferenceScorer, clip_image_embeds, clip_processor_pixels, clip_text_embeds,
-                         encode_distinct, split_models, tokenizer_of)
+from .preference import (COMMON_OPTIONS, PreferenceScorer, clip_image_embeds, clip_processor_pixels, clip_text_embeds,
+                         encode_distinct, needed, tokenizer_of)
 
 NAME = "pickscore"
 DEFAULT_MODELS = {"pickscore": "pickscore-v1"}
+MODEL_ROLES = {"pickscore": "clip"}  # role -> model folder
+OPTION_KEYS = dict(COMMON_OPTIONS)
+SCORE_NAMES = [NAME]  # the scores this reward produces
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in) and the typed options, checked before loading."""
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
 
 
 class ClipLogitScorer(PreferenceScorer):
@@ -46,6 +54,6 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size:
                 **_ignored) -> ClipLogitScorer:
     """Registry factory. Role ``pickscore``: a CLIPModel folder (default pickscore-v1). Options: batch_size,
     keep_loaded."""
-    roles, opts = split_models(NAME, models, DEFAULT_MODELS, options={"batch_size": batch_size,
-                                                                      "keep_loaded": keep_loaded})
+    roles, given = needed_models(models)
+    opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, **given}
     return ClipLogitScorer(load_clip(roles["pickscore"], dtype=dtype, device=device), **opts)

@@ -200,7 +200,7 @@ def encode_distinct(prompts: list[str], encode) -> dict[str, torch.Tensor]:
     return {p: emb[i] for i, p in enumerate(distinct)}
 
 
-# ---------------------------------------------------------------- options given as ROLE=VALUE strings
+# ---------------------------------------------------------------- roles and options (the registry's preflight)
 def _to_bool(v) -> bool:
     if isinstance(v, bool):
         return v
@@ -213,24 +213,27 @@ def _to_bool(v) -> bool:
 
 
 COMMON_OPTIONS = {"batch_size": int, "keep_loaded": _to_bool}
+_KINDS = {int: "a whole number", float: "a number", str: "text", _to_bool: "true or false"}
 
 
-def split_models(reward: str, models: dict | None, roles: dict[str, str], option_types: dict | None = None,
-                 options: dict | None = None) -> tuple[dict[str, str], dict]:
-    """Separate model roles (with defaults from ``roles``) from options passed in ``models`` (the CLI's
-    ``--model batch_size=8``), converting option values; unknown keys are one clear error."""
-    types = {**COMMON_OPTIONS, **(option_types or {})}
-    models = dict(models or {})
-    options = dict(options or {})
+def needed(reward: str, models: dict | None, defaults: dict[str, str], option_types: dict) -> tuple[dict, dict]:
+    """A reward's ``needed_models``: the model each role loads (``defaults`` filled in) and the typed options passed in
+    ``models`` (the CLI's ``--model batch_size=8``), checked without loading anything (unknown roles, option values
+    of the wrong type, a batch size below 1 are one :class:`~rewardloop.errors.UserError`)."""
+    from ..errors import UserError
+    models, options = dict(models or {}), {}
     for key in list(models):
-        if key in types:
+        if key in option_types:
+            raw = models.pop(key)
             try:
-                options[key] = types[key](models.pop(key))
-            except ValueError as e:
-                raise ValueError(f"{reward}: option {key}: {e}") from None
-    models = {k: v for k, v in models.items() if v not in (None, "")}
-    unknown = sorted(set(models) - set(roles))
+                options[key] = option_types[key](raw)
+            except (TypeError, ValueError):
+                raise UserError(f"{reward} option {key}={raw!r}: expected {_KINDS.get(option_types[key], 'a value')}."
+                                ) from None
+    unknown = sorted(set(models) - set(defaults))
     if unknown:
-        raise ValueError(f"{reward} has no model role {unknown}: its roles are {', '.join(sorted(roles))} "
-                         f"(options: {', '.join(sorted(types))}).")
-    return {**roles, **models}, options
+        raise UserError(f"{reward} has no model role {unknown}: its roles are {', '.join(sorted(defaults))} "
+                        f"(options: {', '.join(sorted(option_types))}).")
+    if options.get("batch_size", 1) < 1:
+        raise UserError(f"{reward} option batch_size must be at least 1.")
+    return {**defaults, **{k: v for k, v in models.items() if v not in (None, "")}}, options

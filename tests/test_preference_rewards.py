@@ -313,8 +313,17 @@ def test_unknown_role_and_bad_option(tiny):
         make_scorer(models={"llm": "x"})
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         scoring.make_scorer("clip_score", models={"clip": tiny("tiny-clip"), "batch_size": "0"}, device="cpu")
-    with pytest.raises(ValueError, match="keep_loaded: Expected true/false"):
+    with pytest.raises(ValueError, match="keep_loaded='maybe': expected true or false"):
         scoring.make_scorer("clip_score", models={"clip": tiny("tiny-clip"), "keep_loaded": "maybe"}, device="cpu")
+    # the registry's preflight knows every role and option, and checks them before anything loads
+    from rewardloop.errors import UserError
+    with pytest.raises(UserError, match="reward hps has no role or option 'clip'"):
+        scoring.check_scorers(["hps", "pickscore"], {"hps.clip": "x"})
+    with pytest.raises(UserError, match="no chosen reward takes 'weight'"):
+        scoring.check_scorers(["hps"], {"weight": "2"})
+    plan = scoring.check_scorers(["clip_score", "aesthetic"], {"clip": tiny("tiny-clip"),
+                                                               "aesthetic": tiny("tiny-aesthetic"), "weight": "1"})
+    assert plan["aesthetic"]["aesthetic"].endswith("tiny_aesthetic.pth") and plan["clip_score"]["clip"].endswith("tiny-clip")
 
 
 def test_missing_weights_name_the_download_command(monkeypatch, tmp_path):
@@ -497,7 +506,7 @@ def test_score_and_rank_cli_take_the_new_rewards(built, tmp_path, capsys):
     args = sum((["--model", m] for m in models), [])
     assert main(["score", str(src), "--reward", "hps,image_reward,aesthetic,clip_score", "--prompt", "a red car",
                  "--json", *args]) == 0
-    got = {s["name"]: s["values"] for s in json.loads(capsys.readouterr().out)}
+    got = {s["name"]: s["values"] for s in json.loads(capsys.readouterr().out)["scores"]}
     assert set(got) == {"hps", "image_reward", "aesthetic", "clip_score"}
     loaded = [Image.open(src / f"img{i}.png") for i in range(3)]
     assert got["hps"] == pytest.approx(built["hps"](loaded, "a red car")[0].values, abs=1e-5)

@@ -237,10 +237,11 @@ def test_rank_cli_splits_model_roles_between_rewards():
     from rewardloop.rewards.scoring import models_for
     models = {"captioner": "c", "text_encoder": "t", "sam": "s", "llm": "l", "rich_feedback": "r",
               "sam_llm.captioner": "c2", "points_per_side": "8"}
-    assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t", "points_per_side": "8"}
+    # a plain option goes only to the rewards that take it (points_per_side: sam_llm's), like a plain role
+    assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t"}
     assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "captioner": "c2", "points_per_side": "8"}
-    assert models_for("rich", models) == {"rich_feedback": "r", "points_per_side": "8"}
-    assert models_for("custom", {"captioner": "c"}) == {"captioner": "c"}
+    assert models_for("rich", models) == {"rich_feedback": "r"}
+    assert models_for("custom", {"captioner": "c", "anything": "x"}) == {"captioner": "c", "anything": "x"}
 
 
 def test_make_scorer_gives_each_reward_only_its_roles(monkeypatch):
