@@ -69,7 +69,8 @@ class FunctionScorer:
 # the model roles each built-in reward takes; an unscoped ROLE=… goes only to the rewards that take ROLE
 REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
                                      "rich": {"rich_feedback"}, "pickscore": {"pickscore"},
-                                     "hps": {"hps", "clip_tokenizer"}, "image_reward": {"image_reward", "bert_tokenizer"},
+                                     "hps": {"hps", "clip_tokenizer"},
+                                     "image_reward": {"image_reward", "bert_tokenizer"},
                                      "aesthetic": {"aesthetic", "clip"}, "clip_score": {"clip"}}
 
 
