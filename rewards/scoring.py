@@ -200,6 +200,13 @@ def check_scorers(names: Sequence[str], models: dict[str, str] | None = None, tr
 
 def make_scorer(name: str, models: dict[str, str] | None = None, **options) -> Scorer:
     mod = _reward_module(name)
+    own = accepted_keys(name)
+    if own is not None:  # a plain key no built-in reward takes is a typo, not another reward's option
+        declared = set().union(*(accepted_keys(n) or () for n in SCORER_FACTORIES))
+        bogus = sorted(k for k in (models or {}) if "." not in k and k not in declared)
+        if bogus:
+            raise UserError(f"Model option {bogus[0]}=…: no reward has a model role or option {bogus[0]!r}; {name} "
+                            f"takes {', '.join(own)}.")
     return getattr(mod, SCORER_FACTORIES[name].split(":")[1])(models=models_for(name, dict(models or {})), **options)
 
 
