@@ -70,7 +70,7 @@ def cmd_train_ranked(args) -> int:
     from ..fileio import safe_output_path
     from ..rewards import scoring
     from ..trainers import run_folder
-    from ..trainers.lora import LoraConfig, TrainConfig, _resolve_base
+    from ..trainers.lora import LoraConfig, TrainConfig, check_base
     from ..trainers.prompts import read_prompts
     from ..trainers.ranked import RUNS_SUBDIR, RankedConfig, RankedTrainer, check_run
     from .cmd_score import split_names
@@ -95,7 +95,7 @@ def cmd_train_ranked(args) -> int:
     train_cfg.validate()
     models = scoring.parse_model_options(args.model)
     dtype = bridge.parse_dtype(args.dtype) if args.dtype else None
-    _resolve_base(args.base)
+    check_base(args.base)
     lora_path = safe_output_path(bridge.loras_dir(), args.out, ".safetensors", overwrite=True)
     run_dir = Path(args.run_dir) if args.run_dir else run_folder.run_dir_for(RUNS_SUBDIR, args.out)
     try:

@@ -412,7 +412,7 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
 
 def _check_model_names(base, config, weights: DPGWeights, dino_model: str) -> Path:
     """Resolve every model the run will load (no loading): the base's path, or one line saying what is missing."""
-    base_path = L._resolve_base(base)
+    base_path = L.check_base(base)
     if config and not (L.CONFIG_DIR / str(config) / "model_index.json").is_file():
         L._resolve_base(config)
     if weights.dino > 0:

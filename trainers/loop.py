@@ -62,7 +62,7 @@ class TrainConfig:
     def validate(self) -> None:
         if int(self.steps) < 1:
             raise ValueError(f"steps must be >= 1 (got {self.steps}).")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not (0 < self.lr < torch.finfo(torch.float32).max):
             raise ValueError(f"learning rate must be a finite number > 0 (got {self.lr}).")
         if int(self.seed) < 0:
             raise ValueError(f"seed must be >= 0 (got {self.seed}).")
@@ -445,9 +445,9 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
                     batch = make_batch(*draw_indices())
                     loss, mets = objective(trainer, batch)
                     if not torch.isfinite(loss):
-                        raise NonFiniteError(f"The loss became {float(loss)} at step {step + 1}: lower the learning "
-                                             f"rate (now {train_cfg.lr:g}) or use bf16/fp32; the last checkpoint "
-                                             "is kept.")
+                        raise NonFiniteError(
+                            f"The loss became {float(loss.detach())} at step {step + 1}: lower the learning rate "
+                            f"(now {train_cfg.lr:g}) or use bf16/fp32, and start afresh (overwrite).")
                     accelerator.backward(loss)
                     if nproc > 1 and accelerator.sync_gradients:
                         for p in params:
@@ -462,16 +462,16 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
                 for k, v in mets.items():
                     mets_acc[k] = mets_acc.get(k, 0.0) + float(v) / int(train_cfg.grad_accum)
             if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-                raise NonFiniteError(f"The LoRA weights became NaN or infinite at step {step + 1}: lower the "
-                                     f"learning rate (now {train_cfg.lr:g}) or use bf16/fp32; the last checkpoint "
-                                     "is kept.")
+                raise NonFiniteError(
+                    f"The LoRA weights became NaN or infinite at step {step + 1}: lower the learning rate "
+                    f"(now {train_cfg.lr:g}) or use bf16/fp32, and start afresh (overwrite).")
             after = getattr(objective, "after_step", None)
             if after is not None:
                 extra = after(trainer, batch) or {}
                 bad = [k for k, v in extra.items() if not math.isfinite(float(v))]
                 if bad:
-                    raise NonFiniteError(f"The objective's {bad[0]} became {extra[bad[0]]} at step {step + 1}: "
-                                         "lower the learning rate; the last checkpoint is kept.")
+                    raise NonFiniteError(f"The objective's {bad[0]} became {extra[bad[0]]} at step "
+                                         f"{step + 1}: lower the learning rate, and start afresh (overwrite).")
                 mets_acc.update(extra)
             step += 1
             trainer.step = step

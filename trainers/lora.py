@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .base_model import (CONFIG_DIR, SDComponents, _bundled_config, _config_hint, _family_from_keys, _finish,  # noqa: F401
                          _load_diffusers_folder, _load_single_file, _read_single_file_keys, _resolve_base,
-                         _tokenizers_for, find_clip_tokenizer, load_base)
+                         _tokenizers_for, check_base, find_clip_tokenizer, load_base)
 from .batches import (Batch, _build_pixels, _tokenize, check_dataset, encode_images, encode_prompts,  # noqa: F401
                       prepare_image, sample_latents)
 from .checkpoints import (_append_csv, _rng_state, _save_rank_rng, _set_rng_state, _trainable_named,  # noqa: F401

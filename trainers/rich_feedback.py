@@ -106,7 +106,7 @@ def read_richhf(paths: str | os.PathLike | Sequence, verify: bool = True, skip_b
             try:
                 out.append(_record(parse_example(data)))
             except (TFRecordError, ValueError) as e:       # (UnicodeDecodeError is a ValueError)
-                msg = f"{f.name} record {i}: {e}"
+                msg = f"{f.name} record {i}, {e}" if str(e).startswith("uid ") else f"{f.name} record {i}: {e}"
                 if not skip_bad:
                     raise BadRecordError(f"{msg} Fix the data, or leave such records out with --skip-bad-records "
                                          "(skip_bad).") from None
@@ -128,15 +128,15 @@ def _record(ex: dict) -> RichHFRecord:
     for k, f in SCORE_FIELDS.items():
         v = _first(ex, f)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TFRecordError(f"(uid {uid}) has no {f} number.")
+            raise TFRecordError(f"uid {uid}: no {f} number.")
         if not math.isfinite(float(v)):
-            raise TFRecordError(f"(uid {uid}) has {f} = {float(v)}, not a finite number.")
+            raise TFRecordError(f"uid {uid}: {f} = {float(v)}, not a finite number.")
         scores[k] = float(v)
     maps = {}
     for k, f in HEATMAP_FIELDS.items():
         b = _first(ex, f, b"") or b""
         if not isinstance(b, bytes):
-            raise TFRecordError(f"(uid {uid}) has a {f} that is not image bytes.")
+            raise TFRecordError(f"uid {uid}: its {f} is not image bytes.")
         if b:
             try:
                 with Image.open(io.BytesIO(b)) as im:
@@ -144,13 +144,13 @@ def _record(ex: dict) -> RichHFRecord:
                         raise ValueError(f"{im.width}x{im.height} pixels")
                     im.verify()
             except Exception as e:       # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError …)
-                raise TFRecordError(f"(uid {uid}) has a {f} that is not a readable image ({type(e).__name__}).") \
+                raise TFRecordError(f"uid {uid}: its {f} is not a readable image ({type(e).__name__}).") \
                     from None
         maps[k] = bytes(b)
     lab = _first(ex, "prompt_misalignment_label", b"")
     lab = lab.decode("utf-8") if isinstance(lab, bytes) else str(lab)
     if any(t not in ("0", "1") for t in lab.split()):
-        raise TFRecordError(f"(uid {uid}) has prompt_misalignment_label {lab[:40]!r}: expected 0/1 per word.")
+        raise TFRecordError(f"uid {uid}: prompt_misalignment_label {lab[:40]!r}, expected 0/1 per word.")
     prompt = _first(ex, "caption") or _first(ex, "prompt")
     return RichHFRecord(uid=uid, scores=scores, maps=maps, labels=[int(t) for t in lab.split()],
                         prompt=prompt.decode("utf-8") if isinstance(prompt, bytes) else prompt)
@@ -620,9 +620,10 @@ def _train_claimed(cfg, acc, run, out, records, images, resume_dir, skipped, on_
                                               for k, v in batch.items()}, cfg)
                 if not torch.isfinite(loss):
                     bad = ", ".join(k for k, v in parts.items() if not math.isfinite(v)) or "loss"
-                    raise NonFiniteError(f"The loss ({bad}) became {float(loss)} at step {step + 1} on records "
-                                         f"{', '.join(batch['uids'][:4])}: lower the learning rate (now "
-                                         f"{cfg.lr:g}) or use bf16/fp32; the last checkpoint is kept.")
+                    raise NonFiniteError(
+                        f"The loss ({bad}) became {float(loss.detach())} at step {step + 1} on records "
+                        f"{', '.join(batch['uids'][:4])}: lower the learning rate (now {cfg.lr:g}) or use "
+                        "bf16/fp32, and start afresh (overwrite).")
                 acc.backward(loss)
                 acc_parts.append(parts)
                 if acc.sync_gradients and cfg.max_grad_norm:
@@ -633,7 +634,8 @@ def _train_claimed(cfg, acc, run, out, records, images, resume_dir, skipped, on_
                 continue
             if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                 raise NonFiniteError(f"The model's weights became NaN or infinite at step {step + 1}: lower the "
-                                     f"learning rate (now {cfg.lr:g}) or use bf16/fp32; the last checkpoint is kept.")
+                                     f"learning rate (now {cfg.lr:g}) or use bf16/fp32, and start afresh "
+                                     "(overwrite).")
             sched.step()
             step += 1
             mean = {k: float(np.mean([p[k] for p in acc_parts])) for k in acc_parts[0]}

@@ -44,10 +44,12 @@ def load_training_state(path: str | os.PathLike) -> dict:
     try:
         st = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        import re
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would call {found.group(1)}" if found else "it holds Python objects beyond plain tensors"
         raise UnsafeCheckpointError(
-            f"Refusing to resume from {path}: it contains Python objects beyond plain tensors ({msg[:160]}). "
-            "Delete that checkpoint folder or start afresh with overwrite (--overwrite).") from None
+            f"Refusing to resume from {path}: {what}. Delete that checkpoint folder or start afresh with overwrite "
+            "(--overwrite).") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpointError(

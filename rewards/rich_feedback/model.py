@@ -355,7 +355,12 @@ def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}.")
     model = RAHF(cfg)
-    missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    from safetensors import SafetensorError
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    except SafetensorError as e:
+        raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable .safetensors file ({str(e)[:160]}): convert "
+                         "or download the model again.") from None
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_NAME} does not fit its config.json: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}.")
