@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, KeyError) as e:
         if args.verbose:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

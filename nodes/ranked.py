@@ -102,7 +102,7 @@ class RewardLoopRankedFinetune:
         from ..fileio import safe_output_path
         from ..rewards.images import pil_to_image
         from ..trainers import run_folder
-        from ..trainers.lora import LoraConfig, TrainConfig, _resolve_base
+        from ..trainers.lora import LoraConfig, TrainConfig, check_base
         from ..trainers.prompts import parse_prompt_text
         from ..trainers.ranked import RUNS_SUBDIR, RankedConfig, RankedTrainer, image_grid
 
@@ -116,7 +116,7 @@ class RewardLoopRankedFinetune:
         rcfg = RankedConfig(k=k, rounds=rounds, top=min(top_k, k), weights=[w for _, w in pairs], mode=ranking,
                             gen_steps=sample_steps, cfg=cfg, seed=seed)
         tcfg = TrainConfig(steps=steps_per_round, lr=learning_rate, resolution=resolution, seed=seed)
-        _resolve_base(checkpoint)   # a missing model: one line before anything runs
+        check_base(checkpoint)   # a missing model: one line before anything runs
         with torch.inference_mode(False), torch.enable_grad():
             trainer = RankedTrainer(checkpoint, prompt_list, [s for s, _ in pairs], run_dir, rcfg,
                                     LoraConfig(rank=lora_rank), tcfg, resume=True, overwrite=bool(overwrite))

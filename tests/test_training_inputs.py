@@ -279,6 +279,9 @@ def test_resume_refuses_a_pickled_or_damaged_state(tiny, models_root, tmp_path, 
             "--num-class-images", "0", "--sample-steps", "1"]
     assert main(argv) == 1
     assert "Refusing to resume" in one_error_line(capsys) and not MARKER.exists()
+    (ck / "state.pt").write_bytes(pickle.dumps({"params": _Evil()}, protocol=2))
+    assert main(argv) == 1
+    assert f"it would call {os.system.__module__}.system" in one_error_line(capsys) and not MARKER.exists()
     (ck / "state.pt").write_bytes(b"PK\x03\x04 truncated zip")
     assert main(argv) == 1
     assert "the file is damaged" in one_error_line(capsys)
@@ -461,3 +464,27 @@ def test_load_lora_into_reads_diffusers_and_peft_files(tiny, tmp_path):
     fresh2 = L.load_base(base, device="cpu")
     assert len(L.load_lora_into(fresh2, tmp_path / "peft")) == 16
     assert torch.allclose(_unet_out(fresh2, x, ids), want_peft, atol=1e-4)
+
+
+def test_existing_outputs_and_runs_give_one_line(tiny, models_root, tmp_path, capsys, monkeypatch):
+    from rewardloop.cli import main
+    from rewardloop.trainers.rich_feedback import write_synthetic_richhf
+    monkeypatch.setenv("REWARDLOOP_OUTPUT", str(tmp_path / "out"))
+    refs_dir = tmp_path / "refs"
+    refs_dir.mkdir()
+    refs(1)[0].save(refs_dir / "0.png")
+    (bridge.loras_dir() / "taken").mkdir(parents=True, exist_ok=True)
+    (bridge.loras_dir() / "taken" / "lora.safetensors").write_bytes(b"mine")
+    assert main(["train-dpg", "--base", tiny("tiny-sd"), "--refs", str(refs_dir), "--trigger", "sks",
+                 "--class-prompt", "a photo of a dog", "--out", "taken/lora", "--preset", "cpu"]) == 1
+    assert "already exists" in one_error_line(capsys)
+    assert (bridge.loras_dir() / "taken" / "lora.safetensors").read_bytes() == b"mine"
+    assert not (tmp_path / "out" / "rewardloop_runs").exists()
+    rec, img = write_synthetic_richhf(tmp_path / "data", n=4)
+    argv = ["train-rich-feedback", "--train", str(rec), "--images", str(img), "--init", tiny("tiny-rahf"), "--out",
+            str(tmp_path / "rr"), "--cpu", "--steps", "1", "--batch-size", "2"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--resume", "none"]) == 1
+    assert "--overwrite" in one_error_line(capsys)
+    assert main(argv + ["--resume", "none", "--overwrite"]) == 0
