@@ -151,15 +151,25 @@ def _temp_path(path: Path, suffix: str) -> Path:
 def clean_orphans(path: str | os.PathLike) -> list[Path]:
     """Remove temporaries of ``path`` left by processes that no longer run (a kill during an atomic write)."""
     path = Path(path)
-    removed = []
-    if not path.parent.is_dir():
+    return _remove_dead_temporaries(path.parent, path.name)
+
+
+def clean_orphans_in(folder: str | os.PathLike) -> list[Path]:
+    """Remove every temporary in ``folder`` left by a dead writer (for folders whose file names change from
+    write to write, such as ``checkpoints/step_N``)."""
+    return _remove_dead_temporaries(Path(folder), None)
+
+
+def _remove_dead_temporaries(folder: Path, name: str | None) -> list[Path]:
+    removed: list[Path] = []
+    if not folder.is_dir():
         return removed
-    prefix = f".{path.name}."
-    for p in path.parent.iterdir():
+    prefix = f".{name}." if name is not None else "."
+    for p in folder.iterdir():
         if not p.name.startswith(prefix):
             continue
         m = _TMP_RE.match(p.name)
-        if not m or m.group("name") != path.name:
+        if not m or (name is not None and m.group("name") != name):
             continue
         pid = int(m.group("pid"))
         if pid == os.getpid() or pid_alive(pid):

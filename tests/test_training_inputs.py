@@ -390,6 +390,12 @@ def test_orphan_temporaries_of_dead_writers_are_removed_on_the_next_write(tmp_pa
     fileio.atomic_save(target, lambda tmp: Path(tmp).write_bytes(b"done"))
     assert not orphan.exists() and not orphan_dir.exists() and live.exists() and other.exists()
     assert target.read_bytes() == b"done"
+    # checkpoint folders change name every time: a killed checkpoint write is removed by the next checkpoint
+    ck = tmp_path / "run" / "checkpoints"
+    half = ck / f".step_0000002.{dead.pid}-0123abcd.tmp"
+    (half / "x").mkdir(parents=True)
+    fileio.clean_orphans_in(ck)
+    assert not half.exists() and other.exists()
 
 
 def test_loras_and_runs_go_to_a_user_location_never_the_pack(tmp_path, monkeypatch):

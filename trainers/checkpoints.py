@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_folder, atomic_save, atomic_write, check_finite
+from ..fileio import atomic_folder, atomic_save, atomic_write, check_finite, clean_orphans_in
 from .base_model import SDComponents
 
 
@@ -71,6 +71,7 @@ def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, g
              "objective": objective.state_dict() if hasattr(objective, "state_dict") else {}}
     check_finite({"params": params, "optimizer": state["optimizer"], "objective": state["objective"]},
                  f"the checkpoint of step {step}")
+    clean_orphans_in(ck_root)               # a checkpoint write killed half-way (another step's name)
     with atomic_folder(final) as tmp:
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))

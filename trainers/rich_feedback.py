@@ -463,9 +463,10 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, scheduler
     """``<out>/checkpoints/step-NNNNNNNN/``: model folder + state.pt, renamed into place when complete.
 
     Refuses (:class:`~..fileio.NonFiniteError`) to write NaN/inf weights or optimizer state."""
-    from ..fileio import atomic_folder, check_finite
+    from ..fileio import atomic_folder, check_finite, clean_orphans_in
     from ..rewards.rich_feedback.model import save_rahf
     final = out / "checkpoints" / f"step-{step:08d}"
+    clean_orphans_in(final.parent)          # a checkpoint write killed half-way (another step's name)
     opt_state = optimizer.state_dict()
     check_finite({"model": model.state_dict(), "optimizer": opt_state}, f"the checkpoint of step {step}")
     with atomic_folder(final) as tmp:
