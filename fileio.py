@@ -226,24 +226,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def check_output_folder(out: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Refuse a folder that is a file, or that exists with files in it (unless ``overwrite``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file: give a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} exists and is not empty: choose a new {flag} folder or add --overwrite.")
+    return out
+
+
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike):
-    """Fill a temporary sibling folder and rename it to ``path`` only when complete (an old ``path`` is replaced
-    after the new one is complete); the temporary is removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_orphans(path)
-    tmp = _temp_path(path, ".tmp")
+def atomic_folder(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary sibling folder to fill; on success it replaces ``out`` in one rename.
+
+    On failure the temporary folder is removed and ``out`` is untouched. An existing non-empty ``out`` is
+    refused unless ``overwrite``; then the old folder is moved aside and deleted only after the new one is in place.
+    The folder gets the permissions ``mkdir`` would give (the umask); temporaries of a killed writer are removed.
+    """
+    out = check_output_folder(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_orphans(out)
+    tmp = _temp_path(out, ".tmp")
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            old = _temp_path(path, ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
+        check_output_folder(out, overwrite)  # still free (another run may have written it meanwhile)
+        if out.exists():
+            old = _temp_path(out, ".old")
+            os.replace(out, old)
+            os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -72,7 +72,7 @@ def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, g
     check_finite({"params": params, "optimizer": state["optimizer"], "objective": state["objective"]},
                  f"the checkpoint of step {step}")
     clean_orphans_in(ck_root)               # a checkpoint write killed half-way (another step's name)
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, overwrite=True) as tmp:
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
     done = sorted(p for p in ck_root.glob("step_*") if (p / "meta.json").is_file())

@@ -469,7 +469,7 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, scheduler
     clean_orphans_in(final.parent)          # a checkpoint write killed half-way (another step's name)
     opt_state = optimizer.state_dict()
     check_finite({"model": model.state_dict(), "optimizer": opt_state}, f"the checkpoint of step {step}")
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, overwrite=True) as tmp:
         save_rahf(model, tokenizer, tmp / "model", overwrite=True)
         torch.save({"step": step, "optimizer": opt_state, "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "config": dataclasses.asdict(cfg), "losses": list(losses)},

@@ -334,7 +334,7 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists: choose another name or allow overwriting.")
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         model.config.save(tmp)
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
         if tokenizer is not None:
