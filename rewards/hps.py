@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -39,7 +40,7 @@ from .preference import (COMMON_OPTIONS, PreferenceScorer, clip_text_embeds, enc
 from .similarity import openai_clip_text_to_hf, openai_resblocks_to_hf
 
 NAME = "hps"
-DEFAULT_MODELS = {"hps": "hps-v2.1", "clip_tokenizer": "clip-vit-h-14-tokenizer"}
+DEFAULT_MODELS = {"hps": "hps-v2.1"}  # clip_tokenizer: found on the machine unless given (find_clip_tokenizer)
 MODEL_ROLES = {"hps": "rewards", "clip_tokenizer": "clip"}  # role -> model folder
 OPTION_KEYS = {**COMMON_OPTIONS, "vision_heads": int, "text_heads": int}
 SCORE_NAMES = [NAME]  # the scores this reward produces
@@ -47,7 +48,7 @@ SCORE_NAMES = [NAME]  # the scores this reward produces
 
 def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
     """The model each role loads (defaults filled in) and the typed options, checked before loading."""
-    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS)
+    return needed(NAME, models, DEFAULT_MODELS, OPTION_KEYS, MODEL_ROLES)
 
 
 # ---------------------------------------------------------------- open_clip → CLIPModel
@@ -140,7 +141,7 @@ class HPSScorer(PreferenceScorer):
         vocab = int(hps.model.config.text_config.vocab_size)
         if len(self.tokenizer) > vocab:
             raise ValueError(f"The tokenizer {tokenizer.name} has {len(self.tokenizer)} tokens but {hps.name} knows "
-                             f"{vocab}: HPS needs the CLIP BPE tokenizer (clip-vit-h-14-tokenizer).")
+                             f"{vocab}: HPS needs the CLIP BPE tokenizer (clip-l-tokenizer).")
 
     def prepare(self, prompts):
         return encode_distinct(prompts, lambda texts: clip_text_embeds(self.hps.model, self.tokenizer, texts))
@@ -157,11 +158,25 @@ class HPSScorer(PreferenceScorer):
 def make_scorer(models: dict | None = None, device=None, dtype=None, batch_size: int = 16, keep_loaded: bool = False,
                 vision_heads: int | None = None, text_heads: int | None = None, **_ignored) -> HPSScorer:
     """Registry factory. Roles: ``hps`` (an open_clip checkpoint, default hps-v2.1; hps-v2.0 also catalogued),
-    ``clip_tokenizer`` (default clip-vit-h-14-tokenizer). Options: batch_size, keep_loaded, vision_heads,
-    text_heads."""
+    ``clip_tokenizer`` (a CLIP BPE tokenizer folder; default: the one already on the machine, see
+    :func:`machine_clip_tokenizer`). Options: batch_size, keep_loaded, vision_heads, text_heads."""
     roles, given = needed_models(models)
     opts = {"batch_size": batch_size, "keep_loaded": keep_loaded, "vision_heads": vision_heads,
             "text_heads": text_heads, **given}
     hps = load_hps(roles["hps"], dtype=dtype, device=device, vision_heads=opts.pop("vision_heads"),
                    text_heads=opts.pop("text_heads"))
-    return HPSScorer(hps, load_tokenizer(roles["clip_tokenizer"], "clip"), **opts)
+    tok = load_tokenizer(roles["clip_tokenizer"], "clip") if roles.get("clip_tokenizer") else machine_clip_tokenizer()
+    return HPSScorer(hps, tok, **opts)
+
+
+def machine_clip_tokenizer() -> ModelHandle:
+    """The CLIP BPE tokenizer already on this machine (ComfyUI's / Forge's copy, models/clip/clip-l-tokenizer, the HF
+    cache or open_clip's BPE file; ``weights.clip_tokenizer``), cached: open_clip's ViT-H/14 tokenizer is this one."""
+    from ..weights.cache import cached
+    from ..weights.clip_tokenizer import find_clip_tokenizer
+
+    def load():
+        tok = find_clip_tokenizer()
+        return ModelHandle("tokenizer", "CLIP BPE (found on this machine)", Path("."), tok, tok)
+
+    return cached("tokenizer", "machine-clip-bpe", load)

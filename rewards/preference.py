@@ -216,8 +216,10 @@ COMMON_OPTIONS = {"batch_size": int, "keep_loaded": _to_bool}
 _KINDS = {int: "a whole number", float: "a number", str: "text", _to_bool: "true or false"}
 
 
-def needed(reward: str, models: dict | None, defaults: dict[str, str], option_types: dict) -> tuple[dict, dict]:
-    """A reward's ``needed_models``: the model each role loads (``defaults`` filled in) and the typed options passed in
+def needed(reward: str, models: dict | None, defaults: dict[str, str], option_types: dict,
+           roles=None) -> tuple[dict, dict]:
+    """A reward's ``needed_models``: the model each role loads (``defaults`` filled in; ``roles`` may add optional
+    ones without a default) and the typed options passed in
     ``models`` (the CLI's ``--model batch_size=8``), checked without loading anything (unknown roles, option values
     of the wrong type, a batch size below 1 are one :class:`~rewardloop.errors.UserError`)."""
     from ..errors import UserError
@@ -230,9 +232,10 @@ def needed(reward: str, models: dict | None, defaults: dict[str, str], option_ty
             except (TypeError, ValueError):
                 raise UserError(f"{reward} option {key}={raw!r}: expected {_KINDS.get(option_types[key], 'a value')}."
                                 ) from None
-    unknown = sorted(set(models) - set(defaults))
+    roles = set(roles or defaults)
+    unknown = sorted(set(models) - roles)
     if unknown:
-        raise UserError(f"{reward} has no model role {unknown}: its roles are {', '.join(sorted(defaults))} "
+        raise UserError(f"{reward} has no model role {unknown}: its roles are {', '.join(sorted(roles))} "
                         f"(options: {', '.join(sorted(option_types))}).")
     if options.get("batch_size", 1) < 1:
         raise UserError(f"{reward} option batch_size must be at least 1.")

@@ -527,5 +527,23 @@ def test_every_reward_names_its_roles_defaults_and_their_kinds():
             assert get_spec(key).kind in scoring.ROLE_KINDS[role], (name, role, key)
         for role in roles:
             assert role in scoring.ROLE_KINDS, role
-    assert scoring.default_models("hps") == {"hps": "hps-v2.1", "clip_tokenizer": "clip-vit-h-14-tokenizer"}
+    assert scoring.default_models("hps") == {"hps": "hps-v2.1"}  # its CLIP tokenizer is found on the machine
     assert scoring.default_models("rich") == {"rich_feedback": "rahf-richhf-multihead"}
+
+
+def test_hps_takes_the_clip_tokenizer_found_on_the_machine(built, tiny, monkeypatch, fresh_cache):
+    """Without a clip_tokenizer role HPS uses the CLIP BPE tokenizer the trainers find (host copies, open_clip's BPE);
+    a full CLIP vocabulary on the tiny model is the vocabulary-size error, a fitting one scores like the role."""
+    from transformers import AutoTokenizer
+
+    from rewardloop.weights import clip_tokenizer
+    tok = AutoTokenizer.from_pretrained(_path(tiny("tiny-clip-tokenizer")))
+    monkeypatch.setattr(clip_tokenizer, "find_clip_tokenizer", lambda pad_token=None: tok)
+    s = scoring.make_scorer("hps", models={"hps": tiny("tiny-hps")}, device="cpu")
+    ims = _images()
+    assert s(ims, PROMPTS)[0].values == pytest.approx(built["hps"](ims, PROMPTS)[0].values, abs=1e-6)
+    fresh_cache.clear()
+    big = type("Big", (), {"__len__": lambda self: 49408})()
+    monkeypatch.setattr(clip_tokenizer, "find_clip_tokenizer", lambda pad_token=None: big)
+    with pytest.raises(ValueError, match=r"49408 tokens but tiny-hps knows \d+: HPS needs the CLIP BPE tokenizer"):
+        scoring.make_scorer("hps", models={"hps": tiny("tiny-hps")}, device="cpu")

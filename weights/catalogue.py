@@ -51,6 +51,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               repo_id="openai/clip-vit-large-patch14", revision="main", files=_HF_TEXT, license="MIT",
               size_mb=1710, note="caption similarity (paper: HPS-v1 weights on this tower) and segment labels",
               profiles=("paper", "preference", "full")),
+    ModelSpec("clip-l-tokenizer", "tokenizer", "clip", "clip-l-tokenizer", repo_id="openai/clip-vit-large-patch14",
+              revision="main", files=("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
+              license="MIT", size_mb=2, note="only the CLIP tokenizer files, for training on single-file SD1.x/SDXL "
+              "checkpoints when no host copy is found (ComfyUI and Forge ship one), and for HPS", profiles=("train", "train-xl", "preference")),
     ModelSpec("clip-vit-base-patch32", "clip", "clip", "clip-vit-base-patch32",
               repo_id="openai/clip-vit-base-patch32", revision="main", files=_HF_TEXT, license="MIT", size_mb=605,
               note="CLIP-I / CLIP-T of the personalization evaluation (the CLIP commonly used on DreamBench)",
@@ -97,20 +101,14 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("hps-v2.1", "hps", "rewards", "HPS_v2.1_compressed.pt", layout="file", repo_id="xswu/HPSv2",
               revision="main", files=("HPS_v2.1_compressed.pt",),
               sha256={"HPS_v2.1_compressed.pt": "c57a38fb4a2f7e7c15bf00da2ea377cdf165448b4dd1052a484c215a998c9837"},
-              license="Apache-2.0", size_mb=1972, requires=("clip-vit-h-14-tokenizer",),
+              license="Apache-2.0", size_mb=1972, requires=("clip-l-tokenizer",),
               note="HPS v2.1 (Wu et al. 2023): open_clip ViT-H/14 state dict (fp16), mapped onto transformers' CLIP",
               profiles=("preference", "full")),
     ModelSpec("hps-v2.0", "hps", "rewards", "HPS_v2_compressed.pt", layout="file", repo_id="xswu/HPSv2",
               revision="main", files=("HPS_v2_compressed.pt",),
               sha256={"HPS_v2_compressed.pt": "07cb0d20626232204ca3a6ec53ff5984e7e53212a8a7b0e0ec2bac1bdaf125a1"},
-              license="Apache-2.0", size_mb=1972, requires=("clip-vit-h-14-tokenizer",),
+              license="Apache-2.0", size_mb=1972, requires=("clip-l-tokenizer",),
               note="HPS v2.0 (the benchmark paper's model); same layout as v2.1"),
-    ModelSpec("clip-vit-h-14-tokenizer", "tokenizer", "clip", "CLIP-ViT-H-14-laion2B-s32B-b79K",
-              repo_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", revision="main",
-              files=("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"),
-              license="MIT", size_mb=4, note="the CLIP BPE tokenizer HPS uses (only the tokenizer files are fetched; a "
-                                              "full ViT-H/14 folder under this name works too)",
-              profiles=("preference", "full")),
     ModelSpec("imagereward-v1.0", "image_reward", "rewards", "ImageReward", repo_id="THUDM/ImageReward",
               revision="main", files=("ImageReward.pt", "med_config.json"), license="Apache-2.0", size_mb=1790,
               requires=("bert-base-uncased-tokenizer",),
@@ -159,6 +157,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               license="test only", note="the released MLP layout (layers.0/2/4/6/7) over tiny-clip embeddings"),
     ModelSpec("tiny-sd-single", "sd", "checkpoints", "tiny_sd_single.safetensors", layout="file", source="tiny",
               license="test only", note="tiny-sd as one original-layout (LDM) checkpoint"),
+    ModelSpec("tiny-sd15-single", "sd", "checkpoints", "tiny_sd15_single.safetensors", layout="file",
+              source="tiny", license="test only", size_mb=420,
+              note="SD1.5-format single file (LDM keys, full CLIP-L and KL VAE, shallow UNet at SD1.5 widths) that "
+                   "ComfyUI and Forge detect as SD1.5 and the trainers load offline"),
 )
 
 PROFILES = {
