@@ -1,6 +1,6 @@
 """DPG LoRA training on ComfyUI's own MODEL, inside the graph: any architecture ComfyUI loads.
 
-The in-graph back-end of the DPG objective (``trainers/objective.py``; the file-based back-end is
+The in-graph back-end of the DPG objective (``trainers/dpg_objective.py``; the file-based back-end is
 ``trainers/dpg.py``). It trains on the MODEL/CLIP/VAE objects the graph hands over, the way ComfyUI's core
 ``TrainLoraNode`` does: a clone of the model patcher gets trainable LoRA modules as weight wrappers
 (``ModelPatcher.add_weight_wrapper``, adapters made by ``comfy.weight_adapter``), so the model other nodes hold is
@@ -35,7 +35,7 @@ import torch
 
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
-from . import objective as O
+from . import dpg_objective as O
 
 log = logging.getLogger("rewardloop")
 

@@ -21,7 +21,7 @@ and calls :func:`instance_loss` / :func:`prior_loss` / :func:`critic_regression`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -42,6 +42,120 @@ def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
 
 
+LOSS_MODES = ("dreambooth", "look_forward", "critic", "dino", "look_forward+dino", "critic+dino", "custom")
+
+
+# ====================================================================== formulas
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """One-step look-forward x̂0 = (x_t − sqrt(1−ᾱ)·ε̂)/sqrt(ᾱ), computed in fp32."""
+    a = alpha_bar.float()
+    while a.dim() < x_t.dim():
+        a = a.view(*a.shape, *([1] * (x_t.dim() - a.dim())))
+    return (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+
+
+def effective_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
+    """w(t) = γ^t·(1−ᾱ_t)/ᾱ_t: the look-forward loss as a reweighted ε-MSE (paper notes §1.2 table)."""
+    a = alphas_cumprod.double()[t.long().cpu()]
+    return (discount(t.cpu(), gamma).double() * (1 - a) / a).float()
+
+
+# ====================================================================== critic
+class Critic(torch.nn.Module):
+    """The paper's FullyConvRegressionModel with the flatten sized from the latent (C×H×W error map → scalar)."""
+
+    def __init__(self, channels: int = 4, height: int = 64, width: int = 64, hidden: int = 64):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 1, 3, padding=1)
+        self.fc1 = torch.nn.Linear(height * width, hidden)
+        self.fc2 = torch.nn.Linear(hidden, 1)
+        self.shape = (channels, height, width)
+        with torch.no_grad():  # non-negative uniform init, as released: Q starts ≈ weighted mean of E
+            for m, hi in ((self.conv, 1 / 9), (self.fc1, 1 / (height * width)), (self.fc2, 1 / hidden)):
+                m.weight.uniform_(0, hi)
+                m.bias.uniform_(0, hi)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.conv(e.float()), 0.01).flatten(1)
+        return self.fc2(F.relu(self.fc1(h))).squeeze(1)
+
+
+# ====================================================================== objective
+@dataclass
+class DPGWeights:
+    dreambooth: float = 1.0      # instance noise-MSE
+    prior: float = 1.0           # prior preservation (only when class images are given)
+    look_forward: float = 0.0
+    critic: float = 0.0
+    dino: float = 0.0            # λ
+    gamma: float = GAMMA
+    critic_lr: float = CRITIC_LR
+
+    @classmethod
+    def for_mode(cls, mode: str, **overrides) -> "DPGWeights":
+        """Preset weights per loss mode (the released LF recipe drops the instance ε-MSE)."""
+        table = {
+            "dreambooth": dict(dreambooth=1.0),
+            "look_forward": dict(dreambooth=0.0, look_forward=1.0),
+            "critic": dict(dreambooth=0.0, critic=1.0),
+            "dino": dict(dreambooth=1.0, dino=1.0),
+            "look_forward+dino": dict(dreambooth=0.0, look_forward=1.0, dino=1.0),
+            "critic+dino": dict(dreambooth=0.0, critic=1.0, dino=1.0),
+            "custom": {},
+        }
+        if mode not in table:
+            raise ValueError(f"Unknown loss mode {mode!r}: choose one of {', '.join(LOSS_MODES)}.")
+        w = cls(**table[mode])
+        return replace(w, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> None:
+        for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
+        if self.dreambooth + self.look_forward + self.critic + self.dino <= 0:
+            raise ValueError("All instance loss weights are 0: turn on dreambooth, look_forward, critic or dino.")
+        if not (0 < self.gamma <= 1):
+            raise ValueError(f"gamma must be in (0, 1] (got {self.gamma}).")
+
+
+class DINOFeatures:
+    """Differentiable DINO CLS features of images in [-1,1] (resize + ImageNet normalisation inside the graph)."""
+
+    def __init__(self, name: str = "dino-vits16", device=None):
+        from ..weights.loaders import load_dino
+        self.handle = load_dino(name, dtype="fp32", device=device)
+        self.model = self.handle.model
+        if any(p.is_inference() for p in self.model.parameters()):
+            # loaded (and cached) under ComfyUI's inference_mode: a private copy with ordinary tensors
+            import copy
+            with torch.inference_mode(False):
+                model = copy.deepcopy(self.model)
+            from .loop import normalize_inference_tensors
+            normalize_inference_tensors(model)
+            self.model = model
+        self.model.requires_grad_(False)
+        proc = self.handle.processor
+        size = getattr(proc, "size", None) or {"height": 224, "width": 224}
+        if "height" in size:
+            self.size = (int(size["height"]), int(size["width"]))
+        else:
+            s = int(size.get("shortest_edge", 224))
+            self.size = (s, s)
+        mean = getattr(proc, "image_mean", None) or [0.485, 0.456, 0.406]
+        std = getattr(proc, "image_std", None) or [0.229, 0.224, 0.225]
+        dev = next(self.model.parameters()).device
+        self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = ((images.float() + 1) / 2).clamp(0, 1).to(self.mean.device)
+        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)
+        x = (x - self.mean) / self.std
+        out = self.model(pixel_values=x)
+        return out.last_hidden_state[:, 0].float()
+
+
+# ====================================================================== the terms, shared by both back-ends
 @dataclass
 class Terms:
     """The actor loss of one batch, its logged parts, and the error map the critic regresses on afterwards."""
