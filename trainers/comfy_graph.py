@@ -351,6 +351,46 @@ def class_latents(model, clip, vae, class_prompt: str, n: int, resolution: int, 
     return out
 
 
+# ====================================================================== one forward: x_t → x̂0
+def look_forward(model_wrap, conds, x0, sigma, noise, extra_args, training_dtype: str = "fp32"):
+    """x_t = noise_scaling(σ, ε, x0); x̂0 = the model's denoised output (``calculate_denoised``) through ComfyUI's
+    own conditioning path (``model_wrap`` is the guider inside ``sampler.sample``). Returns (x_t, x̂0 fp32, σ)."""
+    ms = model_wrap.inner_model.model_sampling
+    sig = sigma.to(x0.device)
+    x_t = ms.noise_scaling(sig, noise, x0, False)
+    model_wrap.conds["positive"] = conds
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training_dtype)
+    if dtype is not None:
+        with torch.autocast(x0.device.type, dtype=dtype):
+            x0_hat = model_wrap(x_t, sig, **extra_args)
+    else:
+        x0_hat = model_wrap(x_t, sig, **extra_args)
+    return x_t, x0_hat.float(), sig
+
+
+class _OneForward:
+    def __init__(self, sigma, noise):
+        self.sigma, self.noise, self.out = sigma, noise, None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        conds = _clone_tensors(model_wrap.conds["positive"])
+        with torch.no_grad():
+            self.out = look_forward(model_wrap, conds, latent_image, self.sigma, self.noise.to(latent_image), extra_args)
+        return torch.zeros_like(latent_image)
+
+
+def predict_x0(model, cond, latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor):
+    """The trainer's look-forward step on its own: (x_t, x̂0, σ) for VAE-space ``latents`` (model space inside)."""
+    import comfy.samplers
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": cond})
+    runner = _OneForward(sigma, noise)
+    with torch.inference_mode(False):
+        guider.sample(torch.zeros_like(latents), latents, runner, torch.arange(2, dtype=torch.float32), seed=0)
+    return runner.out
+
+
 # ====================================================================== the training "sampler"
 class _TrainingSampler:
     """Runs the DPG training loop where a ComfyUI sampler would run its denoising loop (``sampler.sample``)."""
@@ -466,17 +506,7 @@ class _Job:
 
     def _forward(self, model_wrap, conds, x0, sigma, noise_b, extra_args):
         ms = model_wrap.inner_model.model_sampling
-        dev = x0.device
-        sig = sigma.to(dev)
-        x_t = ms.noise_scaling(sig, noise_b, x0, False)
-        model_wrap.conds["positive"] = conds
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.training_dtype)
-        if dtype is not None:
-            with torch.autocast(dev.type, dtype=dtype):
-                x0_hat = model_wrap(x_t, sig, **extra_args)
-        else:
-            x0_hat = model_wrap(x_t, sig, **extra_args)
-        x0_hat = x0_hat.float()
+        _x_t, x0_hat, sig = look_forward(model_wrap, conds, x0, sigma, noise_b, extra_args, self.cfg.training_dtype)
         return x0_hat, native_mse(ms, sig, x0_hat, x0), paper_timestep(ms, sig)
 
     def _setup_critic(self, latent_image):

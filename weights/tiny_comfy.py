@@ -7,7 +7,6 @@ CheckpointSave writes), so CheckpointLoaderSimple recognises each file as its ar
 ==========  ==========================================  =========================================  ==============
 arch        diffusion model (ComfyUI detects it as)      text encoders                              latent / VAE
 ==========  ==========================================  =========================================  ==============
-``sd15``    UNet, 320 ch, one level (SD15, ε)            CLIP-L (fixed size in ComfyUI, 123 M)      4 ch, TAESD
 ``sdxl``    UNet 320 ch ×3 levels, depth [0,2,5],       CLIP-L + CLIP-G (fixed sizes: 123 M +      4 ch, TAESD
             context 2048, adm 2816 (KOALA_700M: the      695 M; random, stored in fp16)
             SDXL model class and conditioning, ε)
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-ARCHES = ("sd15", "sdxl", "sd35")
+ARCHES = ("sdxl", "sd35")  # SD1.5: the shared ``tiny-sd15-single`` of weights/tiny.py
 FILE_NAMES = {a: f"comfy-tiny-{a}.safetensors" for a in ARCHES}
 
 
@@ -62,21 +61,12 @@ def state_dict(arch: str, seed: int = 0) -> dict:
         raise ValueError(f"Unknown tiny ComfyUI architecture {arch!r}: choose one of {', '.join(ARCHES)}.")
     g = torch.Generator().manual_seed(seed)
     ops = comfy.ops.disable_weight_init
-    if arch in ("sd15", "sdxl"):
+    if arch == "sdxl":
         from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-        if arch == "sd15":
-            kw = dict(num_res_blocks=[1], channel_mult=(1,), num_heads=8, transformer_depth=[1],
-                      transformer_depth_output=[1, 1], context_dim=768, use_linear_in_transformer=False)
-            unet_cfg = {"context_dim": 768, "model_channels": 320, "use_linear_in_transformer": False,
-                        "adm_in_channels": None, "use_temporal_attention": False}
-            config = sm.SD15(unet_cfg)
-        else:
-            kw = dict(num_res_blocks=[1, 1, 1], channel_mult=(1, 1, 1), num_head_channels=64,
-                      transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 0, 0, 1, 1],
-                      context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
-                      num_classes="sequential")
-            unet_cfg = dict(sm.KOALA_700M.unet_config)
-            config = sm.KOALA_700M(unet_cfg)
+        kw = dict(num_res_blocks=[1, 1, 1], channel_mult=(1, 1, 1), num_head_channels=64,
+                  transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 0, 0, 1, 1],
+                  context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential")
+        config = sm.KOALA_700M(dict(sm.KOALA_700M.unet_config))
         net = UNetModel(image_size=32, in_channels=4, model_channels=320, out_channels=4,
                         use_spatial_transformer=True, transformer_depth_middle=1, legacy=False, device="meta",
                         operations=ops, **kw)
@@ -99,9 +89,6 @@ def state_dict(arch: str, seed: int = 0) -> dict:
 
 def _clip_model(arch: str):
     """ComfyUI's own text-encoder module for the architecture, on the meta device (shapes only)."""
-    if arch == "sd15":
-        from comfy.sd1_clip import SD1ClipModel
-        return SD1ClipModel(device="meta")
     if arch == "sdxl":
         from comfy.sdxl_clip import SDXLClipModel
         return SDXLClipModel(device="meta")
@@ -127,5 +114,5 @@ def write(comfy_path: str, arch: str, out: str, seed: int = 0) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: python weights/tiny_comfy.py COMFYUI_PATH {sd15,sdxl,sd35} OUT.safetensors")
+        sys.exit("usage: python weights/tiny_comfy.py COMFYUI_PATH {sdxl,sd35} OUT.safetensors")
     write(sys.argv[1], sys.argv[2], sys.argv[3])
