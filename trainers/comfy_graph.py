@@ -256,6 +256,17 @@ def _checkpointing(root: torch.nn.Module, on: bool) -> None:
             del b._rl_forward
 
 
+def _clone_norm_inputs(root: torch.nn.Module, scope) -> list:
+    """ComfyUI's CLIP adds residuals in place (``x += attn(norm(x))``), which autograd refuses once ``norm`` saved
+    ``x``: give each norm in ``scope`` a copy of its input while the text encoder trains. Returns the hook handles."""
+    hooks = []
+    for name, m in root.named_modules():
+        if scope(name) and isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            hooks.append(m.register_forward_pre_hook(lambda _m, args: tuple(
+                a.clone() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args)))
+    return hooks
+
+
 def _clone_tensors(obj):
     """Copies of every tensor in a (nested) cond structure: ComfyUI made them under inference mode."""
     if isinstance(obj, torch.Tensor):
@@ -376,7 +387,8 @@ class _OneForward:
                disable_pbar=False):
         conds = _clone_tensors(model_wrap.conds["positive"])
         with torch.no_grad():
-            self.out = look_forward(model_wrap, conds, latent_image, self.sigma, self.noise.to(latent_image), extra_args)
+            self.out = look_forward(model_wrap, conds, latent_image, self.sigma, self.noise.to(latent_image),
+                                    extra_args)
         return torch.zeros_like(latent_image)
 
 
@@ -687,6 +699,7 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
     if cfg.gradient_checkpointing:
         _checkpointing(mp.model.diffusion_model, True)
     mp.model.requires_grad_(False)
+    te_hooks = _clone_norm_inputs(clip_tr.cond_stage_model, lambda n: n.split(".")[0] in TE_TOWERS) if te_lora else []
 
     ref_feats_fn = None
     job = _Job(mp, clip_tr, cfg, weights, run_dir, int(inst_lat.shape[0]), n_class, instance_prompt,
@@ -721,8 +734,12 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
     finally:
         if cfg.gradient_checkpointing:
             _checkpointing(mp.model.diffusion_model, False)
-        # the trainer's clone carries trainable wrappers: take them off the shared model now
+        for h in te_hooks:
+            h.remove()
+        # the trainer's clones carry trainable wrappers: take them off the shared models now
         mp.detach()
+        if clip_tr is not None:
+            clip_tr.patcher.detach()
 
     # ---- export: ComfyUI's LoRA format in models/loras, atomically
     from . import lora as L
