@@ -7,7 +7,7 @@ import torch
 
 from .. import bridge
 from ._common import CATEGORY
-from .dpg import PRESET_CHOICES, _plot_tensor, dino_choices
+from .dpg import PRESET_CHOICES, _plot_tensor, dino_choices, weight_inputs, weights_from_inputs
 
 log = logging.getLogger("rewardloop")
 
@@ -39,7 +39,7 @@ class RewardLoopPersonalizeInGraphDPG:
     @classmethod
     def INPUT_TYPES(cls):
         from ..trainers.comfy_graph import TARGETS
-        from ..trainers.dpg_objective import GAMMA, LOSS_MODES
+        from ..trainers.dpg_objective import LOSS_MODES
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to personalize (any architecture ComfyUI loads)."}),
@@ -86,19 +86,7 @@ class RewardLoopPersonalizeInGraphDPG:
                                            "backward (less memory, slower)."}),
                 "offload": (SWITCH, {"default": "preset", "tooltip": "Let ComfyUI load the model partially and "
                                      "stream weights (low VRAM)."}),
-                "dreambooth_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                "tooltip": "Instance prediction-MSE weight (-1 = the mode's)."}),
-                "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                           "tooltip": "Prior-preservation weight."}),
-                "look_forward_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                  "tooltip": "γ^t·mean((x̂0−x0)²) weight (-1 = the mode's)."}),
-                "critic_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                            "tooltip": "γ^t·Q(E) weight (-1 = the mode's)."}),
-                "dino_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                          "tooltip": "λ of the DINO reward (-1 = the mode's)."}),
-                "gamma": ("FLOAT", {"default": GAMMA, "min": 0.9, "max": 1.0, "step": 0.0001, "round": False,
-                                    "tooltip": "Discount γ in γ^t; t is the sampled sigma's timestep on a 1000-step "
-                                               "scale for every model type (paper 0.9986; ablation prefers 1.0)."}),
+                **weight_inputs(),
                 "dino_model": (dino_choices(), {"default": "dino-vits16", "tooltip": "DINO ViT for the dino term."}),
                 "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from this output name's checkpoint."}),
                 "save_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Checkpoint every N "
@@ -116,14 +104,9 @@ class RewardLoopPersonalizeInGraphDPG:
               look_forward_weight=-1.0, critic_weight=-1.0, dino_weight=-1.0, gamma=None, dino_model="dino-vits16",
               resume=True, save_every=100, sample_steps=20, unique_id=None):
         from ..trainers import comfy_graph as G
-        from ..trainers.dpg_objective import GAMMA, DPGWeights
         G.check_inputs(references, trigger, class_prompt, instance_prompt, resolution, output_name, overwrite)
-        ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
-              "dino": dino_weight}
-        weights = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v))
-                                                    for k, v in ov.items()},
-                                      prior=float(prior_weight), gamma=float(gamma if gamma is not None else GAMMA))
-        weights.validate()
+        weights = weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight,
+                                      dino_weight, gamma)
         dev = model.load_device if hasattr(model, "load_device") else bridge.get_device()
         cfg = G.config_from_preset(preset, torch.device(dev), steps=int(steps), lr=float(lr),
                                    rank=int(rank) or None, targets=targets, seed=int(seed),

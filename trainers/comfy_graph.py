@@ -626,17 +626,10 @@ def personalize_in_graph(model, clip, vae, references: torch.Tensor, trigger: st
 
 def check_inputs(references, trigger, class_prompt, instance_prompt, resolution, out_name, overwrite):
     """Every cheap check before any model work: one line that says what to change."""
-    from .dpg import _instance_from_class
+    from .dpg import check_prompts
     if references is None or not isinstance(references, torch.Tensor) or references.shape[0] == 0:
         raise ValueError("No reference images were given: connect a batch of photos of the subject.")
-    if not trigger or not trigger.strip() or " " in trigger.strip():
-        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
-    trigger = trigger.strip()
-    if not class_prompt or not class_prompt.strip():
-        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
-    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
-    if trigger not in instance_prompt.split():
-        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    trigger, instance_prompt = check_prompts(trigger, class_prompt, instance_prompt)
     if int(resolution) < 64 or int(resolution) % 64:
         raise ValueError(f"Resolution {resolution} must be a multiple of 64 (64 … 2048).")
     target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)

@@ -253,14 +253,7 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     refs = list(references or [])
     if not refs:
         raise ValueError("No reference images were given: connect at least one photo of the subject.")
-    if not trigger or not trigger.strip() or " " in trigger.strip():
-        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
-    trigger = trigger.strip()
-    if not class_prompt or not class_prompt.strip():
-        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
-    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
-    if trigger not in instance_prompt.split():
-        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    trigger, instance_prompt = check_prompts(trigger, class_prompt, instance_prompt)
     # fail now, not after training: the output name must be valid and free
     lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
     weights = weights or DPGWeights.for_mode(mode)
@@ -314,6 +307,19 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     state.wait_for_everyone()
     return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                              loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
+
+
+def check_prompts(trigger: str, class_prompt: str, instance_prompt: str | None) -> tuple[str, str]:
+    """(trigger, instance prompt) after the checks both DPG back-ends make before any model work."""
+    if not trigger or not trigger.strip() or " " in trigger.strip():
+        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
+    trigger = trigger.strip()
+    if not class_prompt or not class_prompt.strip():
+        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
+    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
+    if trigger not in instance_prompt.split():
+        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    return trigger, instance_prompt
 
 
 def _instance_from_class(class_prompt: str, trigger: str) -> str:
