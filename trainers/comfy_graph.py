@@ -267,6 +267,17 @@ def _clone_norm_inputs(root: torch.nn.Module, scope) -> list:
     return hooks
 
 
+def _trainable_copy(module: torch.nn.Module, device) -> torch.nn.Module:
+    """A frozen private copy of a ComfyUI module (the VAE for the DINO term) that autograd can run through."""
+    import copy
+
+    from .loop import normalize_inference_tensors
+    with torch.inference_mode(False):
+        m = copy.deepcopy(module)
+    normalize_inference_tensors(m)
+    return m.requires_grad_(False).to(device)
+
+
 def _clone_tensors(obj):
     """Copies of every tensor in a (nested) cond structure: ComfyUI made them under inference mode."""
     if isinstance(obj, torch.Tensor):
@@ -546,11 +557,10 @@ class _Job:
         decode = None
         if self.w.dino > 0:
             self.ref_feats = self.ref_feats_fn()
-            vae = self.vae
+            fsm = _trainable_copy(self.vae.first_stage_model, latent_image.device)
 
             def decode(x0_hat):
                 z = model_wrap.inner_model.process_latent_out(x0_hat)
-                fsm = vae.first_stage_model
                 p = next(fsm.parameters())
                 return fsm.decode(z.to(p.device, p.dtype)).float()
         bs = int(self.cfg.batch_size)
@@ -707,8 +717,10 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
         job.ref_feats_fn = ref_feats_fn
     if resume:
         job.resume()
-    elif (run_dir / "log.csv").is_file():
-        (run_dir / "log.csv").unlink()
+    else:  # a fresh start: an old log or checkpoint of this name must not be resumed later
+        (run_dir / "log.csv").unlink(missing_ok=True)
+        for old in (run_dir / "checkpoints").glob("ingraph_step_*.pt"):
+            old.unlink()
 
     try:
         if job.step < cfg.steps:
