@@ -267,6 +267,27 @@ def _clone_norm_inputs(root: torch.nn.Module, scope) -> list:
     return hooks
 
 
+def _swap_inference_vectors(root: torch.nn.Module) -> list:
+    """Norm scales of modules outside ComfyUI's ops (no ``weight_function``, e.g. MMDiT's q/k RMSNorm) are used
+    as they are, and autograd refuses inference-mode tensors: swap each such 1-D inference parameter for an equal
+    ordinary copy while training. Returns what :func:`_restore` puts back (values never change)."""
+    swapped = []
+    with torch.inference_mode(False):
+        for m in root.modules():
+            if hasattr(m, "weight_function"):
+                continue
+            for name, p in list(m._parameters.items()):
+                if p is not None and p.dim() <= 1 and p.is_inference():
+                    m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                    swapped.append((m, name, p))
+    return swapped
+
+
+def _restore(swapped: list) -> None:
+    for m, name, p in swapped:
+        m._parameters[name] = p
+
+
 def _trainable_copy(module: torch.nn.Module, device) -> torch.nn.Module:
     """A frozen private copy of a ComfyUI module (the VAE for the DINO term) that autograd can run through."""
     import copy
@@ -699,12 +720,6 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
             te_lora = LoraSet(clip_tr.patcher, clip_tr.cond_stage_model, _te_target, cfg.rank, alpha,
                               "text_encoders.", fresh_scope=lambda n: n.split(".")[0] in TE_TOWERS,
                               device=clip_tr.patcher.load_device)
-    if cfg.gradient_checkpointing:
-        _checkpointing(mp.model.diffusion_model, True)
-    mp.model.requires_grad_(False)
-    te_hooks = _clone_norm_inputs(clip_tr.cond_stage_model, lambda n: n.split(".")[0] in TE_TOWERS) if te_lora else []
-
-    ref_feats_fn = None
     job = _Job(mp, clip_tr, cfg, weights, run_dir, int(inst_lat.shape[0]), n_class, instance_prompt,
                class_prompt if n_class else None, unet_lora, te_lora, vae, None, progress)
     if weights.dino > 0:
@@ -722,7 +737,16 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
         for old in (run_dir / "checkpoints").glob("ingraph_step_*.pt"):
             old.unlink()
 
+    # ---- while training only: checkpointing, norm-input copies and ordinary norm scales on the shared modules
+    te_hooks, swapped = [], []
     try:
+        mp.model.requires_grad_(False)  # as core Train LoRA: only the LoRA weights get gradients
+        if cfg.gradient_checkpointing:
+            _checkpointing(mp.model.diffusion_model, True)
+        if te_lora:
+            te_hooks = _clone_norm_inputs(clip_tr.cond_stage_model, lambda n: n.split(".")[0] in TE_TOWERS)
+            swapped += _swap_inference_vectors(clip_tr.cond_stage_model)
+        swapped += _swap_inference_vectors(mp.model.diffusion_model)
         if job.step < cfg.steps:
             load = [mp] + ([vae.patcher] if weights.dino > 0 else [])
             if cfg.offload:
@@ -741,6 +765,7 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
             _checkpointing(mp.model.diffusion_model, False)
         for h in te_hooks:
             h.remove()
+        _restore(swapped)
         # the trainer's clones carry trainable wrappers: take them off the shared models now
         mp.detach()
         if clip_tr is not None:
