@@ -203,7 +203,10 @@ def start(tmp: Path):
            "--base-directory", str(tmp), "--extra-model-paths-config", str(cfg),
            "--output-directory", str(tmp / "output"), "--input-directory", str(tmp / "input"),
            "--temp-directory", str(tmp / "temp"), "--user-directory", str(tmp / "user"),
-           "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--preview-method", "none"]
+           "--database-url", f"sqlite:///{tmp / 'comfyui.db'}", "--disable-auto-launch", "--preview-method", "none",
+           # an LRU output cache: a workflow queued from the frontend and posted as its API file (the same prompt,
+           # as the frontend test asserts) runs once
+           "--cache-lru", "100"]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=lf, stderr=subprocess.STDOUT, env=host_env(),
                                 start_new_session=True)

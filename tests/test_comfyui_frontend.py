@@ -29,7 +29,7 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
                   "--disable-sync", "--no-first-run", "--metrics-recording-only", "--mute-audio"]
 LOAD_TIMEOUT_MS = 180_000
-THUMB_WIDTH = 768
+THUMB_WIDTH = 1024
 
 
 def _chromium() -> str | None:
@@ -46,13 +46,16 @@ def page(comfy):
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the playwright package is missing: pip install -e '.[test]'")
-    # a new user would first see the template browser: mark the tutorial done, as a returning user has it
-    comfy.post("/settings", {"Comfy.TutorialCompleted": True})
+    # a new user would first see the template browser: mark the tutorial done, as a returning user has it; no
+    # minimap, canvas menu or render info over the screenshots; text drawn down to small zooms
+    comfy.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                             "Comfy.Graph.CanvasInfo": False, "Comfy.Graph.CanvasMenu": False,
+                             "LiteGraph.Canvas.MinFontSizeForLOD": 1})
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg = browser.new_page(viewport={"width": 2400, "height": 1000})
         errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("pageerror", lambda e: errors.append(f"{e.message}\n{e.stack}"))
         pg.goto(comfy.url, timeout=LOAD_TIMEOUT_MS)
         pg.wait_for_function("() => window.app && window.app.graph && typeof window.app.graphToPrompt === 'function'"
                              " && window.LiteGraph && Object.keys(window.LiteGraph.registered_node_types).length > 50",
@@ -89,6 +92,7 @@ def _load(page, ui: dict) -> None:
 
 
 def _fit_and_shoot(page, out: Path) -> Path:
+    """Screenshot the canvas with the whole loaded graph fitted into the (large) viewport."""
     page.evaluate("""() => {
         const app = window.app, c = app.canvas, el = c.canvas;
         let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
@@ -99,12 +103,13 @@ def _fit_and_shoot(page, out: Path) -> Path:
         const pad = 20, W = el.clientWidth, H = el.clientHeight;
         const s = Math.min((W - 2 * pad) / (x1 - x0), (H - 2 * pad) / (y1 - y0), 1.0);
         c.ds.scale = s;
-        c.ds.offset[0] = -x0 + (W - s * (x1 - x0)) / (2 * s);
+        c.ds.offset[0] = -x0 + pad / s;
         c.ds.offset[1] = -y0 + pad / s;
         c.setDirty(true, true);
         c.draw(true, true);
+        return [W, H, s];
     }""")
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(700)
     out.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#graph-canvas").screenshot(path=str(out))
     return out
@@ -125,6 +130,7 @@ def _thumbnail(png: Path, jpg: Path) -> None:
 def test_ui_workflow_in_the_real_frontend(comfy, page, path, tmp_path_factory):
     from rewardloop.workflows import tiny_run
     name = path.stem
+    page.page_errors.clear()
     ui = json.loads(path.read_text())
     api_path = ROOT / "workflows" / "api" / f"{name}.api.json"
     assert api_path.is_file(), f"{path.name} has no API source {api_path.name}"
@@ -198,7 +204,7 @@ def test_ui_workflow_in_the_real_frontend(comfy, page, path, tmp_path_factory):
         json.dumps(hist["status"].get("messages"), indent=1)[:4000] + "\n" + comfy.log_tail()
     missed = [ln for ln in comfy.log_since(mark).splitlines() if LORA_MISS in ln]
     assert not missed, "\n".join(missed[:20])
-    assert not page.page_errors, page.page_errors
+    assert not page.page_errors, "\n".join(page.page_errors)
 
 
 def _train_required(comfy, lora: str) -> bool:

@@ -169,6 +169,9 @@ def test_workflow_runs_on_tiny_models(comfy, object_info, path):
                 assert f.is_file() and f.stat().st_size > 0, f
     missed = [ln for ln in comfy.log_since(mark).splitlines() if LORA_MISS in ln]
     assert not missed, f"{len(missed)} LoRA keys not loaded:\n" + "\n".join(missed[:20])
+    for nid, needle in plan[name].get("expect_text", {}).items():  # what a node showed, e.g. a table's summary
+        shown = "\n".join(str(t) for t in outs.get(nid, {}).get("text", []))
+        assert needle in shown, f"node {nid} showed {shown[-800:]!r}, expected {needle!r}"
     print(f"{path.name}: success in {time.monotonic() - t0:.1f} s, outputs from nodes {sorted(outs)}")
 
 
