@@ -7,7 +7,8 @@ with tiny configs, detected by CheckpointLoaderSimple as SD15 / KOALA_700M (SDXL
   MODEL, side by side: the images differ, and the node reports its LoRA file;
 * a second graph reloads that file through core LoraLoader (strength 1) on the same checkpoint: zero
   ``lora key not loaded`` lines, the image differs from the base model's and equals the in-graph MODEL's image
-  (the node's MODEL output is the input with the saved LoRA applied exactly as LoraLoader applies it).
+  (the node's MODEL output is the input with the saved LoRA applied exactly as LoraLoader applies it), and the
+  loader's cached MODEL still samples exactly as before training (the graph's model was not touched).
 SD1.5 also trains the text-encoder LoRA (CLIP output and LoraLoader's clip strength).
 """
 from __future__ import annotations
@@ -104,12 +105,14 @@ def test_in_graph_dpg_trains_reloads_and_changes_the_image(comfy, arch):
                                                            "lora_name": f"{name}.safetensors",
                                                            "strength_model": 1.0, "strength_clip": 1.0}}}
     reload.update(_sample("1", ["2", 0], ["2", 1], f"ig_{arch}_file", 10))
+    reload.update(_sample("1", ["1", 0], ["1", 1], f"ig_{arch}_base_after", 20))  # the cached input MODEL again
     mark = comfy.log_mark()
     hist2 = comfy.run_ok(reload, timeout=900)
     log = comfy.log_since(mark)
     missed = [ln for ln in log.splitlines() if LORA_MISS in ln or "NOT LOADED" in ln]
     assert not missed, f"{len(missed)} LoRA keys not loaded:\n" + "\n".join(missed[:20])
     file_img = _img(comfy, hist2, 15)
+    assert np.array_equal(_img(comfy, hist2, 25), base), "training changed the MODEL the loader node holds"
     assert np.abs(file_img - base).max() > 0, "the reloaded LoRA does not change the image"
     assert np.abs(file_img - graph).max() <= 1, "LoraLoader(file) and the node's MODEL output sample differently"
     print(f"{arch}: {len(keys)} LoRA tensors, all loaded; graph vs base max diff {np.abs(graph - base).max()}")
