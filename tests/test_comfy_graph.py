@@ -64,26 +64,43 @@ def test_presets_map_to_in_graph_switches():
 
 
 # ---------------------------------------------------------------------------------------------- real ComfyUI
-@pytest.fixture(scope="module")
-def graph_checks(tmp_path_factory):
+def _run_checks(tmp: Path, *extra: str) -> dict:
+    """tests/comfyui_graph_checks.py with ComfyUI's Python on tiny-sd15-single; its JSON."""
     comfy = os.environ.get("COMFYUI_PATH")
     if not comfy:
         pytest.skip("COMFYUI_PATH is not set: run `bash .ci/run` or set COMFYUI_PATH and COMFYUI_PYTHON")
     from rewardloop.weights import tiny
-    tmp = tmp_path_factory.mktemp("graph_checks")
     ckpt = tiny.build("tiny-sd15-single", tmp / "models")
     link = tmp / "path"
-    link.mkdir()
-    (link / "rewardloop").symlink_to(ROOT, target_is_directory=True)
-    out = tmp / "checks.json"
+    link.mkdir(exist_ok=True)
+    if not (link / "rewardloop").exists():
+        (link / "rewardloop").symlink_to(ROOT, target_is_directory=True)
+    out = tmp / f"checks{'_'.join(extra)}.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PYTHONPATH=str(link), HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(PYTHONPATH=str(link), HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", REWARDLOOP_NO_TQDM="1")
     py = os.environ.get("COMFYUI_PYTHON", "python3")
-    r = subprocess.run([py, str(ROOT / "tests" / "comfyui_graph_checks.py"), comfy, str(ckpt), str(out)],
-                       capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run([py, str(ROOT / "tests" / "comfyui_graph_checks.py"), comfy, str(ckpt), str(out), *extra],
+                       capture_output=True, text=True, timeout=1200, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def graph_checks(tmp_path_factory):
+    res = _run_checks(tmp_path_factory.mktemp("graph_checks"))
     return {k: {kk: (np.asarray(vv, dtype=np.float64) if isinstance(vv, list) else vv) for kk, vv in v.items()}
-            for k, v in json.loads(out.read_text()).items()}
+            for k, v in res.items()}
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_lora_and_leaves_the_model_untouched(tmp_path):
+    r = _run_checks(tmp_path, "resume")
+    assert r["interrupted"] and r["checkpoints"] == ["ingraph_step_0000002.pt"], r["checkpoints"]
+    assert r["resumed_steps"] == 3 and len(r["losses_resumed"]) == 3
+    assert r["losses_resumed"] == pytest.approx(r["losses_straight"], rel=1e-5)
+    assert r["lora_keys"] > 0 and r["lora_max_diff"] < 1e-5   # critic, optimizer and RNG restored too
+    assert r["model_max_change"] == 0.0                        # the graph's MODEL weights are exactly as loaded
 
 
 def _col(a):
