@@ -586,6 +586,8 @@ class _Job:
         bs = int(self.cfg.batch_size)
         start = time.time()
         first = self.step
+        if first and self.progress is not None:  # resumed: the bar starts where the checkpoint left off
+            self.progress.update(first)
         try:
             while self.step < int(self.cfg.steps):
                 conds = self._conds(model_wrap, noise, latent_image)
