@@ -21,6 +21,7 @@ and calls :func:`instance_loss` / :func:`prior_loss` / :func:`critic_regression`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -109,6 +110,9 @@ class DPGWeights:
         return replace(w, **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> None:
+        for k in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
+            if not math.isfinite(float(getattr(self, k))):
+                raise ValueError(f"Loss weight {k} must be a finite number (got {getattr(self, k)}).")
         for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
             if getattr(self, k) < 0:
                 raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
