@@ -105,6 +105,9 @@ class RewardLoopPersonalizeInGraphDPG:
               resume=True, save_every=100, sample_steps=20, unique_id=None):
         from ..trainers import comfy_graph as G
         G.check_inputs(references, trigger, class_prompt, instance_prompt, resolution, output_name, overwrite)
+        if class_images is not None:
+            from ..rewards.images import check_finite
+            check_finite(class_images, "class IMAGE")
         weights = weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight,
                                       dino_weight, gamma)
         dev = model.load_device if hasattr(model, "load_device") else bridge.get_device()

@@ -659,8 +659,10 @@ def personalize_in_graph(model, clip, vae, references: torch.Tensor, trigger: st
 def check_inputs(references, trigger, class_prompt, instance_prompt, resolution, out_name, overwrite):
     """Every cheap check before any model work: one line that says what to change."""
     from .dpg import check_prompts
+    from ..rewards.images import check_finite
     if references is None or not isinstance(references, torch.Tensor) or references.shape[0] == 0:
         raise ValueError("No reference images were given: connect a batch of photos of the subject.")
+    check_finite(references, "reference IMAGE")
     trigger, instance_prompt = check_prompts(trigger, class_prompt, instance_prompt)
     if int(resolution) < 64 or int(resolution) % 64:
         raise ValueError(f"Resolution {resolution} must be a multiple of 64 (64 … 2048).")
