@@ -28,7 +28,8 @@ CORE_NODES_PATH = PACK_ROOT / "tests" / "data" / "core_nodes.json"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # editor-only nodes: they exist in UI files but never reach the server (no /object_info entry)
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a "control after generate" widget value after these
+SEED_NAMES = {"seed", "noise_seed"}
+EMPTY_WIDGET_VALUES = {"STRING": "", "INT": 0, "FLOAT": 0.0, "BOOLEAN": False}  # the frontend adds a "control after generate" widget value after these
 
 
 # ------------------------------------------------------------------ specs
@@ -229,8 +230,8 @@ def ui_widget_values(spec: dict, inputs: dict) -> list:
         if not is_widget(t, opts):
             continue
         v = inputs.get(name)
-        if v is None or _is_link(v):
-            v = opts.get("default", choices[0] if choices else None)
+        if v is None or _is_link(v):  # the frontend keeps a value even for a linked widget: the type's empty one
+            v = opts.get("default", choices[0] if choices else EMPTY_WIDGET_VALUES.get(t))
         vals.append(v)
         if widget_slots(name, t, opts) > 1:
             if t == "INT" and (opts.get("control_after_generate") or name in SEED_NAMES):
