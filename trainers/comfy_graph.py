@@ -35,6 +35,7 @@ import torch
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import dpg_objective as O
+from . import run_folder
 
 log = logging.getLogger("rewardloop")
 
@@ -688,120 +689,122 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
     cfg = cfg or GraphTrainConfig()
     cfg.validate()
     run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name + "_ingraph")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    res = int(resolution)
+    with run_folder.claim(run_dir) as claim:  # one run per folder; a failed start leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        res = int(resolution)
 
-    # ---- data: reference latents, class latents, prompts (base model, before any LoRA)
-    with torch.no_grad():
-        pixels = fit_images(references.float(), res, center_crop)
-        inst_lat = vae.encode(pixels).float()
-        if class_images is not None and isinstance(class_images, torch.Tensor) and class_images.shape[0] > 0:
-            class_lat = vae.encode(fit_images(class_images.float(), res, center_crop)).float()
-        elif int(num_class_images) > 0 and weights.prior > 0:
-            class_lat = class_latents(model, clip, vae, class_prompt, int(num_class_images), res, cfg.seed,
-                                      cfg.sample_steps, run_dir / "class_images", cfg.sample_cfg)
-        else:
-            class_lat = None
-        n_class = 0 if class_lat is None else int(class_lat.shape[0])
-        inst_cond = encode_prompt(clip, instance_prompt)
-        class_cond = encode_prompt(clip, class_prompt) if n_class else []
-
-    # ---- trainable clones: the graph's own objects stay untouched
-    mp = model.clone()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training_dtype)
-    if dtype is not None:
-        mp.set_model_compute_dtype(dtype)
-    alpha = float(cfg.alpha or cfg.rank)
-    clip_tr, te_lora = None, None
-    with torch.random.fork_rng(devices=[]):  # LoRA init from the seed, without touching the global RNG
-        torch.manual_seed(int(cfg.seed))
-        unet_lora = LoraSet(mp, mp.model, lambda n, m: n.startswith("diffusion_model.") and
-                            _is_target(n, m, cfg.targets), cfg.rank, alpha, "",
-                            fresh_scope=lambda n: n.startswith("diffusion_model."), device=mp.load_device)
-        if cfg.train_text_encoder:
-            clip_tr = clip.clone()
-            te_lora = LoraSet(clip_tr.patcher, clip_tr.cond_stage_model, _te_target, cfg.rank, alpha,
-                              "text_encoders.", fresh_scope=lambda n: n.split(".")[0] in TE_TOWERS,
-                              device=clip_tr.patcher.load_device)
-    job = _Job(mp, clip_tr, cfg, weights, run_dir, int(inst_lat.shape[0]), n_class, instance_prompt,
-               class_prompt if n_class else None, unet_lora, te_lora, vae, None, progress)
-    if weights.dino > 0:
-        from .dpg import DINOFeatures
-        job.dino = DINOFeatures(dino_model, device=mp.load_device)
-
-        def ref_feats_fn():
-            with torch.no_grad():
-                return job.dino((pixels.movedim(-1, 1) * 2 - 1).to(mp.load_device))
-        job.ref_feats_fn = ref_feats_fn
-    if resume:
-        job.resume()
-    else:  # a fresh start: an old log or checkpoint of this name must not be resumed later
-        (run_dir / "log.csv").unlink(missing_ok=True)
-        for old in (run_dir / "checkpoints").glob("ingraph_step_*.pt"):
-            old.unlink()
-
-    # ---- while training only: checkpointing, norm-input copies and ordinary norm scales on the shared modules
-    te_hooks, swapped = [], []
-    try:
-        mp.model.requires_grad_(False)  # as core Train LoRA: only the LoRA weights get gradients
-        if cfg.gradient_checkpointing:
-            _checkpointing(mp.model.diffusion_model, True)
-        if te_lora:
-            te_hooks = _clone_norm_inputs(clip_tr.cond_stage_model, lambda n: n.split(".")[0] in TE_TOWERS)
-            swapped += _swap_inference_vectors(clip_tr.cond_stage_model)
-        swapped += _swap_inference_vectors(mp.model.diffusion_model)
-        if job.step < cfg.steps:
-            load = [mp] + ([vae.patcher] if weights.dino > 0 else [])
-            if cfg.offload:
-                mm.load_models_gpu(load)
-            else:
-                mm.load_models_gpu(load, memory_required=1e20, force_full_load=True)
-            guider = comfy.samplers.CFGGuider(mp)
-            guider.inner_set_conds({"positive": inst_cond + class_cond})
-            guider.set_cfg(1.0)
-            data = torch.cat([inst_lat] + ([class_lat] if n_class else []))
-            noise = torch.zeros_like(data)
-            guider.sample(noise, data, _TrainingSampler(job), torch.arange(2, dtype=torch.float32),
-                          seed=int(cfg.seed))
-    finally:
-        if cfg.gradient_checkpointing:
-            _checkpointing(mp.model.diffusion_model, False)
-        for h in te_hooks:
-            h.remove()
-        _restore(swapped)
-        # the trainer's clones carry trainable wrappers: take them off the shared models now
-        mp.detach()
-        if clip_tr is not None:
-            clip_tr.patcher.detach()
-
-    # ---- export: ComfyUI's LoRA format in models/loras, atomically
-    from . import lora as L
-    sdt = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.save_dtype, torch.float32)
-    lora_sd = unet_lora.state_dict(sdt)
-    if te_lora:
-        lora_sd.update(te_lora.state_dict(sdt))
-    meta = {"rewardloop_backend": "comfy_graph", "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(alpha),
-            "trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-            "steps": str(job.step), "objective": json.dumps(asdict(weights)), "resolution": str(res),
-            "seed": str(cfg.seed), "lr": str(cfg.lr), "targets": cfg.targets, "model": type(model.model).__name__,
-            "ss_output_name": Path(out_name).name}
-    lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
-    lora_target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(lora_target, lambda tmp: save_file(lora_sd, tmp, metadata=meta))
-    plot = L.plot_loss(job.log_csv, run_dir / "loss.png", title=f"in-graph DPG ({mode})")
-    rel = lora_target.resolve().relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
-
-    # ---- the graph's model with the saved LoRA applied, the way core LoraLoader applies the file
-    model_out, clip_out = comfy.sd.load_lora_for_models(model, clip if te_lora else None, lora_sd, 1.0, 1.0)
-    clip_out = clip_out if te_lora else clip
-    samples = None
-    if sample_prompts is None:
-        sample_prompts = [instance_prompt, f"{instance_prompt} on the beach"]
-    if sample_prompts:
+        # ---- data: reference latents, class latents, prompts (base model, before any LoRA)
         with torch.no_grad():
-            samples, _ = sample_images(model_out, clip_out, vae, list(sample_prompts), cfg.seed,
-                                       cfg.sample_steps, cfg.sample_cfg, res)
-    result = GraphTrainResult(model=model_out, clip=clip_out, lora_sd=lora_sd, lora_file=lora_target, lora_name=rel,
-                              steps_done=job.step, losses=job.losses, log_csv=job.log_csv, loss_plot=plot,
-                              run_dir=run_dir)
-    return result, samples
+            pixels = fit_images(references.float(), res, center_crop)
+            inst_lat = vae.encode(pixels).float()
+            if class_images is not None and isinstance(class_images, torch.Tensor) and class_images.shape[0] > 0:
+                class_lat = vae.encode(fit_images(class_images.float(), res, center_crop)).float()
+            elif int(num_class_images) > 0 and weights.prior > 0:
+                class_lat = class_latents(model, clip, vae, class_prompt, int(num_class_images), res, cfg.seed,
+                                          cfg.sample_steps, run_dir / "class_images", cfg.sample_cfg)
+            else:
+                class_lat = None
+            n_class = 0 if class_lat is None else int(class_lat.shape[0])
+            inst_cond = encode_prompt(clip, instance_prompt)
+            class_cond = encode_prompt(clip, class_prompt) if n_class else []
+
+        # ---- trainable clones: the graph's own objects stay untouched
+        mp = model.clone()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training_dtype)
+        if dtype is not None:
+            mp.set_model_compute_dtype(dtype)
+        alpha = float(cfg.alpha or cfg.rank)
+        clip_tr, te_lora = None, None
+        with torch.random.fork_rng(devices=[]):  # LoRA init from the seed, without touching the global RNG
+            torch.manual_seed(int(cfg.seed))
+            unet_lora = LoraSet(mp, mp.model, lambda n, m: n.startswith("diffusion_model.") and
+                                _is_target(n, m, cfg.targets), cfg.rank, alpha, "",
+                                fresh_scope=lambda n: n.startswith("diffusion_model."), device=mp.load_device)
+            if cfg.train_text_encoder:
+                clip_tr = clip.clone()
+                te_lora = LoraSet(clip_tr.patcher, clip_tr.cond_stage_model, _te_target, cfg.rank, alpha,
+                                  "text_encoders.", fresh_scope=lambda n: n.split(".")[0] in TE_TOWERS,
+                                  device=clip_tr.patcher.load_device)
+        job = _Job(mp, clip_tr, cfg, weights, run_dir, int(inst_lat.shape[0]), n_class, instance_prompt,
+                   class_prompt if n_class else None, unet_lora, te_lora, vae, None, progress)
+        if weights.dino > 0:
+            from .dpg import DINOFeatures
+            job.dino = DINOFeatures(dino_model, device=mp.load_device)
+
+            def ref_feats_fn():
+                with torch.no_grad():
+                    return job.dino((pixels.movedim(-1, 1) * 2 - 1).to(mp.load_device))
+            job.ref_feats_fn = ref_feats_fn
+        if resume:
+            job.resume()
+        else:  # a fresh start: an old log or checkpoint of this name must not be resumed later
+            (run_dir / "log.csv").unlink(missing_ok=True)
+            for old in (run_dir / "checkpoints").glob("ingraph_step_*.pt"):
+                old.unlink()
+
+        # ---- while training only: checkpointing, norm-input copies and ordinary norm scales on the shared modules
+        te_hooks, swapped = [], []
+        try:
+            mp.model.requires_grad_(False)  # as core Train LoRA: only the LoRA weights get gradients
+            if cfg.gradient_checkpointing:
+                _checkpointing(mp.model.diffusion_model, True)
+            if te_lora:
+                te_hooks = _clone_norm_inputs(clip_tr.cond_stage_model, lambda n: n.split(".")[0] in TE_TOWERS)
+                swapped += _swap_inference_vectors(clip_tr.cond_stage_model)
+            swapped += _swap_inference_vectors(mp.model.diffusion_model)
+            if job.step < cfg.steps:
+                load = [mp] + ([vae.patcher] if weights.dino > 0 else [])
+                if cfg.offload:
+                    mm.load_models_gpu(load)
+                else:
+                    mm.load_models_gpu(load, memory_required=1e20, force_full_load=True)
+                guider = comfy.samplers.CFGGuider(mp)
+                guider.inner_set_conds({"positive": inst_cond + class_cond})
+                guider.set_cfg(1.0)
+                data = torch.cat([inst_lat] + ([class_lat] if n_class else []))
+                noise = torch.zeros_like(data)
+                claim.started()  # from here on, checkpoints are worth keeping
+                guider.sample(noise, data, _TrainingSampler(job), torch.arange(2, dtype=torch.float32),
+                              seed=int(cfg.seed))
+        finally:
+            if cfg.gradient_checkpointing:
+                _checkpointing(mp.model.diffusion_model, False)
+            for h in te_hooks:
+                h.remove()
+            _restore(swapped)
+            # the trainer's clones carry trainable wrappers: take them off the shared models now
+            mp.detach()
+            if clip_tr is not None:
+                clip_tr.patcher.detach()
+
+        # ---- export: ComfyUI's LoRA format in models/loras, atomically
+        from . import lora as L
+        sdt = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.save_dtype, torch.float32)
+        lora_sd = unet_lora.state_dict(sdt)
+        if te_lora:
+            lora_sd.update(te_lora.state_dict(sdt))
+        meta = {"rewardloop_backend": "comfy_graph", "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(alpha),
+                "trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
+                "steps": str(job.step), "objective": json.dumps(asdict(weights)), "resolution": str(res),
+                "seed": str(cfg.seed), "lr": str(cfg.lr), "targets": cfg.targets, "model": type(model.model).__name__,
+                "ss_output_name": Path(out_name).name}
+        lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
+        lora_target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(lora_target, lambda tmp: save_file(lora_sd, tmp, metadata=meta))
+        plot = L.plot_loss(job.log_csv, run_dir / "loss.png", title=f"in-graph DPG ({mode})")
+        rel = lora_target.resolve().relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
+
+        # ---- the graph's model with the saved LoRA applied, the way core LoraLoader applies the file
+        model_out, clip_out = comfy.sd.load_lora_for_models(model, clip if te_lora else None, lora_sd, 1.0, 1.0)
+        clip_out = clip_out if te_lora else clip
+        samples = None
+        if sample_prompts is None:
+            sample_prompts = [instance_prompt, f"{instance_prompt} on the beach"]
+        if sample_prompts:
+            with torch.no_grad():
+                samples, _ = sample_images(model_out, clip_out, vae, list(sample_prompts), cfg.seed,
+                                           cfg.sample_steps, cfg.sample_cfg, res)
+        result = GraphTrainResult(model=model_out, clip=clip_out, lora_sd=lora_sd, lora_file=lora_target, lora_name=rel,
+                                  steps_done=job.step, losses=job.losses, log_csv=job.log_csv, loss_plot=plot,
+                                  run_dir=run_dir)
+        return result, samples
