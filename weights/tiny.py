@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -74,7 +75,12 @@ def clip_tokenizer():
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # from files: the one constructor transformers 4.x (vocab_file, merges_file) and 5.x (vocab, merges) share
+    with tempfile.TemporaryDirectory() as tmp:
+        v, m = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        v.write_text(json.dumps(vocab))
+        m.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        return CLIPTokenizer(str(v), str(m), model_max_length=77)
 
 
 def bert_vocab_file(folder: Path, with_dec: bool = False) -> Path:
