@@ -130,7 +130,7 @@ def parse_args(*args) -> Settings:
     if fix_reward not in FIX_REWARDS:
         raise ValueError(f"RewardLoop: auto-fix flags regions with {' or '.join(FIX_REWARDS)} (they give "
                          f"heatmaps), not {fix_reward!r}.")
-    k = int(v["fix_candidates"] or 1)
+    k = int(1 if v["fix_candidates"] is None else v["fix_candidates"])
     if not 1 <= k <= 16:
         raise ValueError(f"RewardLoop: auto-fix candidates must be 1..16, got {k}.")
     denoise = float(v["denoise"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .catalogue import get_spec
+from .hf_compat import portable_hf_files
 
 WORDS = (
     "a an the of in on with and photo picture image painting drawing of cat dog person man woman child car tree "
@@ -453,6 +454,12 @@ def make_sd15_tiny_modules(seed: int = 12) -> dict:
     te_cfg = {k: v for k, v in json.loads((cfg_dir / "text_encoder" / "config.json").read_text()).items()
               if not k.startswith("_") and k not in ("architectures", "transformers_version")}
     te = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    # A trained CLIP's final layer norm has a bias; with the init's zero bias every token's features average to
+    # exactly zero, and Forge's prompt emphasis ("Original": z * mean(z) / mean(z * weights)) turns some prompts
+    # into 0 / 0 = NaN images. A seeded random bias, like a trained model's, keeps the mean away from zero.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        getattr(te, "text_model", te).final_layer_norm.bias.copy_(0.5 * torch.randn(te.config.hidden_size, generator=g) + 0.1)
     return {"unet": unet, "vae": vae, "text_encoder": te}
 
 
@@ -497,6 +504,7 @@ def build(key: str, root: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     BUILDERS[key](out)
     if not spec.is_file:
+        portable_hf_files(out)  # loadable by every transformers version the pack supports
         (out / ".complete").write_text("ok")
     return out
 

@@ -330,7 +330,7 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     Everything goes to a temporary sibling folder that is renamed into place only when complete; an existing
     folder is refused unless ``overwrite`` (then it is replaced only after the new one is complete).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists: choose another name or allow overwriting.")
@@ -338,9 +338,12 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         model.config.save(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        save_file(portable_state_dict(model), str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "model_type": MODEL_TYPE})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            from ...weights.hf_compat import portable_hf_files
+            portable_hf_files(tmp / TOKENIZER_DIR)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         (tmp / ".complete").write_text("ok")
@@ -357,17 +360,75 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     return folder
 
 
+# transformers 5 renamed the ViT's modules. Files keep the 4.x names (those of the Hub's ViT checkpoints), so a
+# RAHF folder written with either version loads in the other (Forge pins transformers 4.46).
+_VIT_V5_TO_V4 = ((r"layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+                 (r"layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+                 (r"layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+                 (r"layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+                 (r"layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+                 (r"layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+                 (r"layers\.(\d+)\.layernorm_(before|after)\.", r"encoder.layer.\1.layernorm_\2."))
+_VIT_V4_TO_V5 = ((r"encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"layers.\1.attention.q_proj."),
+                 (r"encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"layers.\1.attention.k_proj."),
+                 (r"encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"layers.\1.attention.v_proj."),
+                 (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.o_proj."),
+                 (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
+                 (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
+                 (r"encoder\.layer\.(\d+)\.layernorm_(before|after)\.", r"layers.\1.layernorm_\2."))
+
+
+def _rename_vit(sd: dict, rules) -> dict:
+    import re
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("image_encoder."):
+            rest = k[len("image_encoder."):]
+            for pat, rep in rules:
+                rest, n = re.subn("^" + pat, rep, rest)
+                if n:
+                    break
+            k = "image_encoder." + rest
+        out[k] = v
+    return out
+
+
+def portable_state_dict(model: nn.Module) -> dict:
+    """The weights to save: one name per shared tensor (T5's tied embeddings), contiguous, ViT keys in 4.x names."""
+    seen, sd = set(), {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        sd[k] = v.detach().contiguous()
+    return _rename_vit(sd, _VIT_V5_TO_V4)
+
+
+def load_portable(model: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load weights saved by :func:`portable_state_dict` (or with either ViT naming); ``(missing, unexpected)``."""
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    want = model.state_dict()
+    for rules in ((), _VIT_V4_TO_V5, _VIT_V5_TO_V4):
+        cand = _rename_vit(sd, rules) if rules else sd
+        if set(cand) <= set(want):
+            sd = cand
+            break
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    loaded = {want[k].data_ptr() for k in sd if k in want}
+    return [k for k in missing if want[k].data_ptr() not in loaded], list(unexpected)
+
+
 def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu"):
     """``(model, tokenizer, config)`` from a model folder (weights checked: no missing or unexpected keys)."""
-    from safetensors.torch import load_model
     from transformers import AutoTokenizer
     folder = Path(folder)
     cfg = RAHFConfig.load(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}.")
     model = RAHF(cfg)
-    missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    missing, unexpected = load_portable(model, folder / WEIGHTS_NAME)
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_NAME} does not fit its config.json: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}.")
