@@ -115,7 +115,8 @@ class RewardLoopScript(scripts.Script):
                                          choices=list(dict.fromkeys([d[key]] + model_choices(_FOLDERS[role],
                                                                                           (kind,)))))
         comps = [c[name] for name in logic.UI_ORDER]
-        pasted = lambda name: (lambda params: logic.settings_from_infotext(params).get(name, d[name]))  # noqa: E731
+        # pasting PNG info: a field the info does not name keeps its value (None = "leave it" to the WebUI)
+        pasted = lambda name: (lambda params: logic.settings_from_infotext(params).get(name))  # noqa: E731
         self.infotext_fields = [(c[name], pasted(name)) for name in logic.UI_ORDER]
         return comps
 

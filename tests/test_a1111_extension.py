@@ -74,7 +74,7 @@ def test_png_info_round_trip():
                                            "rich.rich_feedback=tiny-rahf"}
     back = logic.settings_from_infotext({k: str(v) for k, v in params.items()})
     assert logic.parse_args(*args(**back)) == s
-    assert logic.settings_from_infotext({"Steps": "20"}) == {}
+    assert logic.settings_from_infotext({"Steps": "20"}) == {"enabled": False, "autofix": False}
 
 
 # ------------------------------------------------------------------ the per-image lists, by hand
@@ -188,7 +188,7 @@ def test_a_fix_replaces_an_image_only_when_it_scores_higher(monkeypatch):
     mask[4:8, 6:12] = True  # the flagged block, scaled x2
     assert (a[mask] == 255).all() and (a[~mask] == np.asarray(host.to_pil(originals[0]))[~mask]).all()
     assert images[1] is originals[1]
-    assert book.notes[(0, 0)]["RewardLoop fix result"].startswith("fixed, plausibility")
+    assert book.notes[(0, 0)]["RewardLoop fix result"].startswith("fixed (plausibility")
     assert book.notes[(0, 1)]["RewardLoop fix result"].startswith("kept original")
 
 

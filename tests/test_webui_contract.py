@@ -1,16 +1,18 @@
 """The extension against the real A1111 1.8.0 and Forge sources (read from ../shared/hosts, never run here).
 
-Reads ``modules/processing.py`` and ``modules/scripts.py`` out of the tarballs into a temporary folder and checks,
-by parsing them: every keyword the extension passes to ``StableDiffusionProcessingImg2Img`` is an ``__init__``
+Reads ``modules/processing.py``, ``modules/scripts.py`` and ``modules/infotext_utils.py`` out of the tarballs into
+a temporary folder and checks, by parsing them: every keyword the extension passes to ``StableDiffusionProcessingImg2Img`` is an ``__init__``
 field of that WebUI (inherited ones included), the hooks the extension defines are hooks the WebUI calls, and the
 WebUI facts the extension relies on (``Processed`` shares ``p.all_*``; which WebUIs evaluate callables in
-``extra_generation_params``; the shared condition caches are class attributes).
+``extra_generation_params``; the shared condition caches are class attributes; pasting calls functions in
+``infotext_fields``).
 """
 from __future__ import annotations
 
 import ast
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from rewardloop.webui import host
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = {"a1111-1.8.0": "stable-diffusion-webui-v1.8.0.tar.gz", "forge": "stable-diffusion-webui-forge-*.tar.gz"}
-FILES = ("modules/processing.py", "modules/scripts.py")
+FILES = ("modules/processing.py", "modules/scripts.py", "modules/infotext_utils.py")
 
 pytestmark = pytest.mark.realhost
 
@@ -45,7 +47,11 @@ def webui(request, tmp_path_factory):
         for m in members:
             (out / m.name.split("/", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
             (out / m.name.split("/", 1)[-1]).write_bytes(tf.extractfile(m).read())
-    return request.param, {f: ast.parse((out / f).read_text()) for f in FILES}, {f: (out / f).read_text() for f in FILES}
+    texts = {f: (out / f).read_text() for f in FILES}
+    with warnings.catch_warnings():  # the hosts' own invalid escape sequences
+        warnings.simplefilter("ignore")
+        trees = {f: ast.parse(t) for f, t in texts.items()}
+    return request.param, trees, texts
 
 
 def _class(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -71,7 +77,8 @@ def dataclass_init_fields(tree: ast.Module, name: str) -> set[str]:
 
 class _P:
     """What the extension reads from the outer job (values of a txt2img job)."""
-    sd_model, sampler_name, scheduler, steps, cfg_scale, distilled_cfg_scale = object(), "Euler a", "Karras", 20, 7.0, 3.5
+    sd_model, sampler_name, scheduler, steps, cfg_scale = object(), "Euler a", "Karras", 20, 7.0
+    distilled_cfg_scale = 3.5
     eta = s_min_uncond = s_churn = s_tmax = s_tmin = s_noise = None
     tiling, outpath_samples, outpath_grids = False, "out", "grids"
 
@@ -131,6 +138,9 @@ def test_webui_facts_the_extension_relies_on(webui):
     create = next(n for n in trees["modules/processing.py"].body
                   if isinstance(n, ast.FunctionDef) and n.name == "create_infotext")
     assert ("callable(" in ast.unparse(create)) == (name == "forge")
+    # pasting PNG info calls an infotext_fields entry that is a function, and None leaves the field as it is
+    paste = texts["modules/infotext_utils.py"]
+    assert "if callable(key):" in paste and "v = key(params)" in paste and "if v is None:" in paste
     # A1111's process_images applies token merging and resets it to 0 afterwards (host.outer_job_kept restores it)
     pi = next(n for n in trees["modules/processing.py"].body
               if isinstance(n, ast.FunctionDef) and n.name == "process_images")

@@ -234,6 +234,7 @@ def _texts(p, name: str, fallback: str, n: int) -> list[str]:
     return lst + [lst[-1] if lst else ""] * (n - len(lst))
 
 
+# PNG-info values carry no comma or colon, so the WebUI leaves them unquoted
 def autofix_batch(p, images: list, pils: list, prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int],
                   scored: dict[str, list], settings: logic.Settings, book: logic.BatchBook, batch_number: int,
                   sampler_cls=WebUIInpaintSampler) -> list[int]:
@@ -260,10 +261,10 @@ def autofix_batch(p, images: list, pils: list, prompts: Sequence[str], negatives
             images[i] = like(images[i], pils[i])
             kept.append(i)
             book.note(batch_number, i, logic.INFO_FIX_RESULT,
-                      f"fixed, {res.score_name} {s[0]:.4f} -> {s[1 + res.chosen[0]]:.4f}")
+                      f"fixed ({res.score_name} {s[0]:.4f} -> {s[1 + res.chosen[0]]:.4f})")
         else:
             book.note(batch_number, i, logic.INFO_FIX_RESULT,
-                      f"kept original, {res.score_name} {s[0]:.4f} >= best fix {max(s[1:]):.4f}")
+                      f"kept original ({res.score_name} {s[0]:.4f} >= best fix {max(s[1:]):.4f})")
     return kept
 
 

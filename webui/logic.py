@@ -171,11 +171,12 @@ def generation_params(s: Settings) -> dict[str, Any]:
 
 
 def settings_from_infotext(params: dict[str, str]) -> dict[str, Any]:
-    """UI values (by :data:`UI_ORDER` name) that a pasted PNG info sets; keys it does not mention are left out."""
-    out: dict[str, Any] = {}
+    """UI values (by :data:`UI_ORDER` name) that a pasted PNG info sets: ``enabled`` / ``autofix`` always (off when
+    the image was made without them), the others only where the PNG info names them."""
+    out: dict[str, Any] = {"enabled": INFO_RANK in params, "autofix": INFO_FIX in params}
     if INFO_RANK in params:
         rewards = [r for r in str(params[INFO_RANK]).split("+") if r in REWARDS]
-        out.update(enabled=True, rewards=rewards)
+        out["rewards"] = rewards
         weights = str(params.get(INFO_WEIGHTS, "")).split("+")
         for r, w in zip(rewards, weights):
             try:
@@ -187,7 +188,6 @@ def settings_from_infotext(params: dict[str, str]) -> dict[str, Any]:
         if str(params.get(INFO_TOP_K, "")).isdigit():
             out["keep_top_k"] = int(params[INFO_TOP_K])
     if INFO_FIX in params:
-        out["autofix"] = True
         if params[INFO_FIX] in FIX_REWARDS:
             out["fix_reward"] = params[INFO_FIX]
         for part in str(params.get(INFO_FIX_SETTINGS, "")).split(";"):

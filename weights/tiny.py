@@ -60,7 +60,8 @@ def bpe_tokenizer(extra_special: tuple[str, ...] = (), vocab_size: int = 600):
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None)
+                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None,
+                                  model_input_names=["input_ids", "attention_mask"])  # like real LLM tokenizers
     return tok
 
 

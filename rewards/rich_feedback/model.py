@@ -362,20 +362,24 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
 
 # transformers 5 renamed the ViT's modules. Files keep the 4.x names (those of the Hub's ViT checkpoints), so a
 # RAHF folder written with either version loads in the other (Forge pins transformers 4.46).
-_VIT_V5_TO_V4 = ((r"layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
-                 (r"layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
-                 (r"layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
-                 (r"layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
-                 (r"layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
-                 (r"layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
-                 (r"layers\.(\d+)\.layernorm_(before|after)\.", r"encoder.layer.\1.layernorm_\2."))
-_VIT_V4_TO_V5 = ((r"encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"layers.\1.attention.q_proj."),
-                 (r"encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"layers.\1.attention.k_proj."),
-                 (r"encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"layers.\1.attention.v_proj."),
-                 (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.o_proj."),
-                 (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
-                 (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
-                 (r"encoder\.layer\.(\d+)\.layernorm_(before|after)\.", r"layers.\1.layernorm_\2."))
+# (4.x name, 5.x name) of each ViT module, "{i}" = the layer
+_VIT_NAMES = (("encoder.layer.{i}.attention.attention.query.", "layers.{i}.attention.q_proj."),
+              ("encoder.layer.{i}.attention.attention.key.", "layers.{i}.attention.k_proj."),
+              ("encoder.layer.{i}.attention.attention.value.", "layers.{i}.attention.v_proj."),
+              ("encoder.layer.{i}.attention.output.dense.", "layers.{i}.attention.o_proj."),
+              ("encoder.layer.{i}.intermediate.dense.", "layers.{i}.mlp.fc1."),
+              ("encoder.layer.{i}.output.dense.", "layers.{i}.mlp.fc2."),
+              ("encoder.layer.{i}.layernorm_before.", "layers.{i}.layernorm_before."),
+              ("encoder.layer.{i}.layernorm_after.", "layers.{i}.layernorm_after."))
+
+
+def _vit_rules(to_v5: bool):
+    import re
+    pairs = [(b, a) if not to_v5 else (a, b) for a, b in _VIT_NAMES]
+    return tuple((re.escape(src).replace(re.escape("{i}"), r"(\d+)"), dst.replace("{i}", r"\1")) for src, dst in pairs)
+
+
+_VIT_V4_TO_V5, _VIT_V5_TO_V4 = _vit_rules(True), _vit_rules(False)
 
 
 def _rename_vit(sd: dict, rules) -> dict:
