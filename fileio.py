@@ -85,3 +85,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def check_output_folder(out: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Refuse a folder that is a file, or that exists with files in it (unless ``overwrite``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file: give a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} exists and is not empty: choose a new {flag} folder or add --overwrite.")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary sibling folder to fill; on success it replaces ``out`` in one rename.
+
+    On failure the temporary folder is removed and ``out`` is untouched. An existing non-empty ``out`` is
+    refused unless ``overwrite``; then the old folder is moved aside and deleted only after the new one is in place.
+    """
+    import shutil
+    out = check_output_folder(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        check_output_folder(out, overwrite)  # still free (another run may have written it meanwhile)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+

@@ -110,3 +110,10 @@ def make_image_batch(b: int = 2, h: int = 48, w: int = 64, c: int = 3, seed: int
 @pytest.fixture
 def image_batch():
     return make_image_batch
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """A real ComfyUI with this pack installed as users install it (tests/comfyui_host.py); skips without one."""
+    from comfyui_host import start
+    yield from start(tmp_path_factory.mktemp("comfyui"))

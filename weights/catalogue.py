@@ -53,6 +53,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               revision="main", files=("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
               license="MIT", size_mb=2, note="only the CLIP tokenizer files, for training on single-file SD1.x/SDXL "
               "checkpoints when no host copy is found (ComfyUI and Forge ship one)", profiles=("train", "train-xl")),
+    ModelSpec("clip-vit-base-patch32", "clip", "clip", "clip-vit-base-patch32",
+              repo_id="openai/clip-vit-base-patch32", revision="main", files=_HF_TEXT, license="MIT", size_mb=605,
+              note="CLIP-I / CLIP-T of the personalization evaluation (the CLIP commonly used on DreamBench)",
+              profiles=("paper", "full")),
     ModelSpec("all-MiniLM-L6-v2", "text_encoder", "clip", "all-MiniLM-L6-v2",
               repo_id="sentence-transformers/all-MiniLM-L6-v2", revision="main",
               files=("*.json", "model.safetensors", "vocab.txt", "1_Pooling/*"),

@@ -81,16 +81,12 @@ def candidate_dirs() -> list[Path]:
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte → printable character table."""
+    """GPT-2/CLIP's reversible byte → printable character table, in CLIP's order (printable bytes first)."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    table = {b: chr(b) for b in keep}
+    for i, b in enumerate(b for b in range(256) if b not in table):
+        table[b] = chr(256 + i)
     return table
 
 
