@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
