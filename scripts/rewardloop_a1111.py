@@ -4,7 +4,7 @@ An always-visible accordion in txt2img and img2img. The WebUI loads this file on
 package), so it first finds the library: the extension folder this file sits in is the ``rewardloop`` package
 (A1111 puts the folder on ``sys.path`` only while loading scripts, Forge for the whole session, and the folder
 may have any name), imported under the name ``rewardloop`` unless that name already points to this folder. All
-logic lives in ``rewardloop.webui``; this file builds the UI and forwards the WebUI's hooks.
+logic lives in ``rewardloop.sdwebui``; this file builds the UI and forwards the WebUI's hooks.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def _import_pack():
 
 
 _import_pack()
-logic = importlib.import_module("rewardloop.webui.logic")
-host = importlib.import_module("rewardloop.webui.host")
+logic = importlib.import_module("rewardloop.sdwebui.logic")
+host = importlib.import_module("rewardloop.sdwebui.host")
 model_choices = importlib.import_module("rewardloop.nodes._common").model_choices
 
 

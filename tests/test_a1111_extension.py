@@ -1,4 +1,4 @@
-"""The extension's library side (``rewardloop.webui``) on cases the real Forge test cannot reach.
+"""The extension's library side (``rewardloop.sdwebui``) on cases the real Forge test cannot reach.
 
 The extension itself runs in a real Forge in ``tests/test_forge_real.py`` (ranking, interrupts, img2img overlays,
 auto-fix, errors, install) and is checked against A1111 1.8.0's and Forge's sources in
@@ -22,7 +22,7 @@ from PIL import Image
 
 from rewardloop.rewards.scoring import FunctionScorer
 from rewardloop.rewards.types import RewardScores
-from rewardloop.webui import host, logic
+from rewardloop.sdwebui import host, logic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_report_reaches_the_console_and_the_generation_info(capsys):
 
 # ------------------------------------------------------------------ loading
 def test_pack_import_never_pulls_gradio_or_webui_modules():
-    code = ("import sys, rewardloop, rewardloop.webui.logic, rewardloop.webui.host; "
+    code = ("import sys, rewardloop, rewardloop.sdwebui.logic, rewardloop.sdwebui.host; "
             "bad = [m for m in ('gradio', 'modules', 'modules.scripts', 'launch') if m in sys.modules]; "
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
@@ -289,7 +289,7 @@ sys.path[:] = saved
 import rewardloop
 from pathlib import Path
 assert Path(rewardloop.__file__).resolve() == Path({str(ROOT / "__init__.py")!r}), rewardloop.__file__
-assert mod.logic.__name__ == "rewardloop.webui.logic" and rewardloop.NODE_CLASS_MAPPINGS
+assert mod.logic.__name__ == "rewardloop.sdwebui.logic" and rewardloop.NODE_CLASS_MAPPINGS
 comps = mod.RewardLoopScript().ui(False)
 assert len(comps) == len(mod.logic.UI_ORDER)
 print("ok")

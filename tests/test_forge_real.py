@@ -305,7 +305,7 @@ TINY_MODELS = {"caption.captioner": "tiny-blip", "caption.text_encoder": "tiny-m
 
 
 def rl_args(**values) -> list:
-    from rewardloop.webui import logic
+    from rewardloop.sdwebui import logic
     v = {**logic.ui_defaults(), **TINY_MODELS, **values}
     return [v[name] for name in logic.UI_ORDER]
 
@@ -350,7 +350,7 @@ def test_startup_and_scripts(forge):
     scripts = forge.get("/sdapi/v1/scripts")
     assert "rewardloop" in scripts["txt2img"] and "rewardloop" in scripts["img2img"]
     # the real UI (gradio 4.40 here) built our components in UI_ORDER with the light profile's defaults
-    from rewardloop.webui import logic
+    from rewardloop.sdwebui import logic
     info = [s for s in forge.get("/sdapi/v1/script-info") if s["name"] == "rewardloop" and not s["is_img2img"]][0]
     d = logic.ui_defaults()
     assert [a["value"] for a in info["args"]] == [d[name] for name in logic.UI_ORDER]
@@ -427,7 +427,7 @@ def _threshold(heat: np.ndarray, q: float = 0.7) -> float:
 
 def test_autofix_repaints_only_flagged_regions_and_leaves_the_outer_job_alone(forge, baseline):
     from rewardloop.rewards.scoring import make_scorer
-    from rewardloop.webui import logic
+    from rewardloop.sdwebui import logic
     originals = [baseline[SEED], baseline[SEED + 1]]
     res = make_scorer("rich", models={"rich_feedback": "tiny-rahf"})(originals, [PROMPT] * 2)
     heats = [np.asarray(d["implausibility_heatmap"], dtype=np.float32) for d in res[0].details]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rewardloop.webui import host
+from rewardloop.sdwebui import host
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = {"a1111-1.8.0": "stable-diffusion-webui-v1.8.0.tar.gz", "forge": "stable-diffusion-webui-forge-*.tar.gz"}

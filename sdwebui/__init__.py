@@ -5,5 +5,6 @@
 * :mod:`.host` — what touches the WebUI's objects: the nested img2img job of auto-fix (built from the real
   dataclass's fields, run without disturbing the outer job), image conversion, visible error reports.
 
-Nothing here is imported by the ComfyUI entry point.
+Nothing here is imported by the ComfyUI entry point. Not called ``webui``: Forge keeps extension folders on
+``sys.path``, where a top-level ``webui`` would shadow the WebUI's own ``webui.py``.
 """
