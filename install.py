@@ -105,8 +105,19 @@ def host_pins(webui_root: Path | None) -> dict[str, str]:
 
 
 def constraints(have: dict[str, str], pins: dict[str, str] | None = None) -> list[str]:
-    """pip constraint lines that hold every installed package at its version (and the host's pins)."""
-    out = {name: f"{name}=={version}" for name, version in have.items()}
+    """pip constraint lines that hold every installed package at its version (and the host's pins); a version pip
+    cannot parse is left out rather than making pip refuse the whole file."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # pip always vendors packaging
+        from pip._vendor.packaging.version import InvalidVersion, Version  # type: ignore
+    out = {}
+    for name, version in have.items():
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        out[name] = f"{name}=={version}"
     for name, line in (pins or {}).items():
         out.setdefault(name, line)
     return [out[k] for k in sorted(out)]

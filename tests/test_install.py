@@ -45,7 +45,7 @@ def test_constraints_hold_every_installed_package_and_the_host_pins(install, tmp
     (tmp_path / "requirements_versions.txt").write_text("numpy==1.26.2  # pinned\ntorch\nPillow==9.5.0\n-e x\n")
     pins = install.host_pins(tmp_path)
     assert pins == {"numpy": "numpy==1.26.2", "pillow": "Pillow==9.5.0"}
-    assert install.constraints({"numpy": "2.0.0", "scipy": "1.16.3"}, pins) == \
+    assert install.constraints({"numpy": "2.0.0", "scipy": "1.16.3", "odd": "not a version"}, pins) == \
         ["numpy==2.0.0", "Pillow==9.5.0", "scipy==1.16.3"]  # what is installed wins over the file
 
 
