@@ -155,16 +155,20 @@ class RewardLoopScript(scripts.Script):
         if not settings.active or not getattr(pp, "images", None):
             return
         batch_number = int(kwargs.get("batch_number", 0))
+        book = logic.BatchBook.of(p)
+        if book.failed:  # reported once for the job; the later batches stay as generated too
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+            return
         try:
             host.run_batch(p, pp, settings, batch_number)
         except InterruptedError:
-            logic.BatchBook.of(p).keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
-        except (host.FixError, ValueError, FileNotFoundError, ImportError, KeyError) as e:
-            logic.BatchBook.of(p).keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
-            host.report(p, f"batch {batch_number + 1} left as generated: {e}")
-        except Exception as e:  # unexpected: the traceback too
-            logic.BatchBook.of(p).keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
-            host.report(p, f"batch {batch_number + 1} left as generated: {type(e).__name__}: {e}", exc_info=True)
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+        except Exception as e:
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+            book.failed = True
+            expected = isinstance(e, (host.FixError, ValueError, FileNotFoundError, ImportError, KeyError))
+            what = str(e) if expected else f"{type(e).__name__}: {e}"  # unexpected: the traceback too
+            host.report(p, f"images left as generated from batch {batch_number + 1} on: {what}", exc_info=not expected)
 
     def postprocess(self, p, processed, *args):
         book = getattr(p, logic.BatchBook.ATTR, None)

@@ -307,6 +307,7 @@ class BatchBook:
         self.batch_size = 1
         self.slots: dict[str, list] = {}           # per-slot list -> its original order
         self.notes: dict[tuple[int, int], dict[str, str]] = {}   # (batch, index after reorder) -> info key -> text
+        self.failed = False                        # an error was reported: the job's later batches are left alone
 
     @classmethod
     def of(cls, p) -> "BatchBook":

@@ -489,10 +489,11 @@ def test_img2img_ranking_moves_each_overlay_with_its_image(forge, baseline):
 
 
 def test_errors_show_in_the_console_and_the_generation_info(forge, baseline):
-    images, info, _, log = forge.generate(rl=rl_args(enabled=True, rewards=["rich"],
-                                                     **{"rich.rich_feedback": "no-such-rahf"}))
-    assert [sha1(i) for i in images] == [sha1(baseline[SEED]), sha1(baseline[SEED + 1])]  # left as generated
-    lines = [line for line in log.splitlines() if line.startswith("*** RewardLoop")]
+    images, info, _, log = forge.generate(n_iter=2, rl=rl_args(enabled=True, rewards=["rich"], keep_top_k=1,
+                                                               **{"rich.rich_feedback": "no-such-rahf"}))
+    assert [sha1(i) for i in images] == [sha1(baseline[SEED + i]) for i in range(4)]  # all left as generated
+    assert info["all_seeds"] == [SEED + i for i in range(4)]
+    lines = [line for line in log.splitlines() if line.startswith("*** RewardLoop")]  # once for the job
     assert len(lines) == 1 and "no-such-rahf" in lines[0] and "not found" in lines[0], log[-3000:]
     assert "Traceback" not in log
     for text in info["infotexts"]:
