@@ -119,7 +119,14 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 def test_progress_bar_shows_the_current_steps_loss(monkeypatch):
     """Each redraw of the console bar carries the values passed with that update, not the previous step's."""
+    import io
     monkeypatch.delenv("REWARDLOOP_NO_TQDM", raising=False)
+
+    class Terminal(io.StringIO):  # the bar draws only on a terminal
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
     bar = bridge.Progress(3, desc="train")
     assert bar._tqdm is not None
     bar._tqdm.mininterval, bar._tqdm.miniters = 0, 0

@@ -96,7 +96,9 @@ def test_clip_tokenizer_found_in_a_namespace_package_and_cut_at_77(tmp_path, mon
     monkeypatch.delitem(sys.modules, "comfy", raising=False)
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
     monkeypatch.setenv("REWARDLOOP_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("REWARDLOOP_PACK_MODELS", str(tmp_path / "pack_models"))
     monkeypatch.setattr(ct, "_hf_cache_dirs", lambda: [])
+    monkeypatch.setattr(ct, "package_bpe_files", lambda: [])
     import comfy  # noqa: F401
     assert getattr(sys.modules["comfy"], "__file__", None) is None
     tok = ct.find_clip_tokenizer()

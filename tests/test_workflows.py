@@ -360,3 +360,7 @@ def test_readme_lists_every_workflow_with_its_thumbnail():
         name = api.name[:-len(".api.json")]
         assert f"| [`{name}`](workflows/{name}.json) |" in section, f"README: add a table row for {name}"
         assert f"(workflows/{name}.jpg)" in section, f"README: add the thumbnail of {name}"
+    gallery = (WF.parent / "docs" / "workflows.md").read_text()
+    for api in API_FILES:
+        name = api.name[:-len(".api.json")]
+        assert f"![{name} workflow](../workflows/{name}.jpg)" in gallery, f"docs/workflows.md: add {name}"

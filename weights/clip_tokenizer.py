@@ -4,7 +4,7 @@ A single-file checkpoint (what every ComfyUI / Forge user has) carries no tokeni
 of vocabulary that every host already ships. Looked for, in order:
 
 1. ``models/clip/clip-vit-large-patch14`` or ``models/clip/clip-l-tokenizer`` (any ``clip`` search path): a folder
-   with ``vocab.json`` + ``merges.txt`` (``python -m rewardloop download clip-l-tokenizer`` fetches only those);
+   with ``vocab.json`` + ``merges.txt`` (or a fast ``tokenizer.json``) (``python -m rewardloop download clip-l-tokenizer`` fetches only those);
 2. the Hugging Face cache (``openai/clip-vit-large-patch14``, or an SD1.5 repo's ``tokenizer/``);
 3. the host's own copy: ComfyUI's ``comfy/sd1_tokenizer``, Forge's
    ``backend/huggingface/runwayml/stable-diffusion-v1-5/tokenizer`` (also found through ``COMFYUI_PATH`` /
@@ -33,7 +33,8 @@ N_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48894 merges of its BPE file
 
 
 def _has_files(d: Path) -> bool:
-    return (d / "vocab.json").is_file() and (d / "merges.txt").is_file()
+    """A slow-tokenizer pair (vocab.json + merges.txt) or a fast tokenizer.json (what transformers 5 saves)."""
+    return ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()) or (d / "tokenizer.json").is_file()
 
 
 def _package_dirs(name: str) -> list[Path]:
@@ -113,7 +114,7 @@ def package_bpe_files() -> list[Path]:
 def _load(folder: Path, pad_token: str | None):
     from transformers import CLIPTokenizer
     kw = {"pad_token": pad_token} if pad_token else {}
-    if (folder / "tokenizer_config.json").is_file():
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=CLIP_MAX_LENGTH,
                                              **kw)
     return CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
