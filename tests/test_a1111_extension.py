@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from rewardloop.rewards.scoring import FunctionScorer
 from rewardloop.rewards.types import RewardScores
