@@ -10,11 +10,11 @@ mkdir -p "$CACHE"
 
 hosts_src() {
     local c
-    for c in "${REWARDLOOP_HOSTS_SRC:-}" "$REPO/../shared/hosts" "$REPO/../../shared/hosts"; do
+    for c in "${REWARDLOOP_HOSTS_SRC:-}" "$REPO/../shared/hosts" "$REPO/../../shared/hosts" /work/shared/hosts; do
         if [ -n "$c" ] && [ -d "$c" ]; then (cd "$c" && pwd); return 0; fi
     done
     echo "!!! host sources not found: set REWARDLOOP_HOSTS_SRC to the folder with the host tarballs" \
-         "(looked in ${REWARDLOOP_HOSTS_SRC:-<unset>}, $REPO/../shared/hosts, $REPO/../../shared/hosts)" >&2
+         "(looked in ${REWARDLOOP_HOSTS_SRC:-<unset>}, $REPO/../shared/hosts, $REPO/../../shared/hosts, /work/shared/hosts)" >&2
     return 1
 }
 
