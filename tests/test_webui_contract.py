@@ -28,7 +28,7 @@ pytestmark = pytest.mark.realhost
 
 def _hosts_src() -> Path | None:
     for c in (os.environ.get("REWARDLOOP_HOSTS_SRC"), ROOT.parent / "shared" / "hosts",
-              ROOT.parent.parent / "shared" / "hosts"):
+              ROOT.parent.parent / "shared" / "hosts", "/work/shared/hosts"):  # the places .ci/hosts/common.sh looks
         if c and Path(c).is_dir():
             return Path(c)
     return None

@@ -19,7 +19,8 @@ REPOS="$SRC/webui-repositories.tar.gz"
 PY="${REWARDLOOP_FORGE_BASE_PYTHON:-python3.11}"   # the Python Forge supports
 command -v "$PY" >/dev/null || { echo "!!! $PY not found: Forge needs Python 3.11" >&2; exit 1; }
 DIR="$CACHE/forge"
-STAMP="$(stamp_of "$TAR" "$REPOS" "$0" "$(dirname "$0")/common.sh" <(echo "$("$PY" -c 'import sys; print(sys.version)')"))"
+# what the result depends on (not common.sh: it only finds the sources)
+STAMP="$(stamp_of "$TAR" "$REPOS" "$0" <(echo "$("$PY" -c 'import sys; print(sys.version)')"))"
 if [ -f "$DIR/stamp" ] && [ "$(cat "$DIR/stamp")" = "$STAMP" ] && [ -x "$DIR/venv/bin/python" ]; then
     echo "Forge: cached in $DIR (inputs unchanged)"
 else
