@@ -51,6 +51,38 @@ def _plot_tensor(path) -> torch.Tensor:
     return torch.from_numpy(arr)[None]
 
 
+def weight_inputs() -> dict:
+    """The term-weight widgets shared by both DPG nodes (optional inputs, in this order)."""
+    from ..trainers.dpg_objective import GAMMA
+    return {
+        "dreambooth_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                        "tooltip": "Weight of the instance noise MSE (-1 = the mode's)."}),
+        "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                   "tooltip": "Weight of the prior-preservation loss."}),
+        "look_forward_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                          "tooltip": "Weight of the γ^t·mean((x̂0−x0)²) term (-1 = mode's)."}),
+        "critic_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                    "tooltip": "Weight of the critic term γ^t·Q(E) (-1 = the mode's)."}),
+        "dino_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                  "tooltip": "λ of the DINO reward term (-1 = the mode's; paper: 0.1 or 1)."}),
+        "gamma": ("FLOAT", {"default": GAMMA, "min": 0.9, "max": 1.0, "step": 0.0001, "round": False,
+                            "tooltip": "Discount γ in γ^t, t the sampled noise level on a 0…999 timestep scale (paper "
+                                       "0.9986; its ablation prefers 1.0)."}),
+    }
+
+
+def weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight, dino_weight,
+                        gamma):
+    """Widget values → DPGWeights: the mode's preset, each weight ≥ 0 overriding it (-1 keeps the mode's)."""
+    from ..trainers.dpg_objective import GAMMA, DPGWeights
+    ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
+          "dino": dino_weight}
+    w = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v)) for k, v in ov.items()},
+                            prior=float(prior_weight), gamma=float(gamma if gamma is not None else GAMMA))
+    w.validate()
+    return w
+
+
 class RewardLoopPersonalizeDPG:
     DESCRIPTION = ("Trains a LoRA of your subject from a few reference photos with the DPG objective (DreamBooth, "
                    "look-forward x̂0 loss, the paper's critic, or a DINO reward) on your own checkpoint, and saves it "
@@ -67,7 +99,7 @@ class RewardLoopPersonalizeDPG:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..trainers.dpg import GAMMA, LOSS_MODES
+        from ..trainers.dpg import LOSS_MODES
         ckpts = checkpoint_choices()
         return {
             "required": {
@@ -113,18 +145,7 @@ class RewardLoopPersonalizeDPG:
                                         "square training resolution."}),
                 "num_class_images": ("INT", {"default": 8, "min": 0, "max": 1000, "tooltip": "Prior-preservation "
                                              "images generated once by the base model (0 = no prior loss)."}),
-                "dreambooth_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                "tooltip": "Weight of the instance noise MSE (-1 = the mode's)."}),
-                "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                           "tooltip": "Weight of the prior-preservation loss."}),
-                "look_forward_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                  "tooltip": "Weight of the γ^t·mean((x̂0−x0)²) term (-1 = mode's)."}),
-                "critic_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                            "tooltip": "Weight of the critic term γ^t·Q(E) (-1 = the mode's)."}),
-                "dino_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                          "tooltip": "λ of the DINO reward term (-1 = the mode's; paper: 0.1 or 1)."}),
-                "gamma": ("FLOAT", {"default": GAMMA, "min": 0.9, "max": 1.0, "step": 0.0001, "round": False,
-                                    "tooltip": "Discount γ in γ^t (paper 0.9986; its ablation prefers 1.0)."}),
+                **weight_inputs(),
                 "dino_model": (dino_choices(), {"default": "dino-vits16", "tooltip": "DINO ViT for the dino "
                                                 "reward (models/dino)."}),
                 "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from the last checkpoint of this "
@@ -140,15 +161,12 @@ class RewardLoopPersonalizeDPG:
               dreambooth_weight=-1.0, prior_weight=1.0, look_forward_weight=-1.0, critic_weight=-1.0,
               dino_weight=-1.0, gamma=None, dino_model="dino-vits16", resume=True, sample_steps=20, unique_id=None):
         from ..rewards.images import image_to_pil, pil_to_image
-        from ..trainers.dpg import GAMMA, DPGWeights, personalize
+        from ..trainers.dpg import personalize
         if references is None or not isinstance(references, torch.Tensor) or references.shape[0] == 0:
             raise ValueError("No reference images were given: connect a batch of photos of the subject.")
         refs = image_to_pil(references)      # refuses NaN/inf with the batch item named, like every image node
-        ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
-              "dino": dino_weight}
-        weights = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v))
-                                                    for k, v in ov.items()},
-                                      prior=float(prior_weight), gamma=float(gamma if gamma is not None else GAMMA))
+        weights = weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight,
+                                      dino_weight, gamma)
         _free_comfy_vram()
         bar = bridge.Progress(int(steps), desc="DPG", node_id=unique_id)
         try:
