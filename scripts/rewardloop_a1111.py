@@ -69,10 +69,6 @@ def _infotext_takes_callables() -> bool:
         return False
 
 
-_FOLDERS = {"captioner": "blip", "text_encoder": "clip", "sam": "sams", "llm": "LLM", "clip": "clip",
-            "rich_feedback": "rich_feedback"}
-
-
 class RewardLoopScript(scripts.Script):
     sorting_priority = 20
 
@@ -110,10 +106,10 @@ class RewardLoopScript(scripts.Script):
                 c["fix_candidates"] = gr.Slider(label="fix candidates per image", minimum=1, maximum=16, step=1,
                                                 value=d["fix_candidates"])
             with gr.Accordion("Models (catalogue key, name in the models folder, or path)", open=False):
-                for key, _reward, role, kind in logic.MODEL_FIELDS:
+                for key, reward, role, kind in logic.MODEL_FIELDS:
+                    folder = logic.field_folder(reward, role)
                     c[key] = gr.Dropdown(label=logic.MODEL_HELP[key], value=d[key], allow_custom_value=True,
-                                         choices=list(dict.fromkeys([d[key]] + model_choices(_FOLDERS[role],
-                                                                                          (kind,)))))
+                                         choices=list(dict.fromkeys([d[key]] + model_choices(folder, (kind,)))))
         comps = [c[name] for name in logic.UI_ORDER]
         # pasting PNG info: a field the info does not name keeps its value (None = "leave it" to the WebUI)
         pasted = lambda name: (lambda params: logic.settings_from_infotext(params).get(name))  # noqa: E731

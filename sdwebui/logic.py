@@ -18,12 +18,23 @@ import numpy as np
 
 from ..rewards.ranking import MODES
 
-REWARDS = ("caption", "sam_llm", "rich")
+FIRST_REWARDS = ("caption", "sam_llm", "rich")  # the first UI's rewards: their arguments keep their positions
 FIX_REWARDS = ("rich", "sam_llm")       # the rewards that give heatmaps
 HEATMAP_KEYS = ("implausibility_heatmap", "misalignment_heatmap", "unlikely_heatmap", "heatmap")
 
+
+def registry_rewards() -> tuple[str, ...]:
+    """Every reward of the scorer registry (``rewards.scoring``), the first UI's three first: a reward added to the
+    registry (PickScore, HPS, ImageReward, aesthetics, CLIPScore, …) appears in the extension by itself."""
+    from ..rewards.scoring import available
+    names = available()
+    return tuple(r for r in FIRST_REWARDS if r in names) + tuple(r for r in names if r not in FIRST_REWARDS)
+
+
+REWARDS = registry_rewards()
+
 # Model fields of the UI, one per reward role (like the nodes' loaders): (ui key, reward, role, catalogue kind).
-MODEL_FIELDS = (
+FIRST_MODEL_FIELDS = (
     ("caption.captioner", "caption", "captioner", "captioner"),
     ("caption.text_encoder", "caption", "text_encoder", "text_encoder"),
     ("sam_llm.sam", "sam_llm", "sam", "sam"),
@@ -41,6 +52,32 @@ MODEL_HELP = {
     "sam_llm.clip": "SAM + LLM reward: CLIP for open-vocabulary segment labels (the paper's; empty = captioner)",
     "rich.rich_feedback": "rich feedback (RAHF) model",
 }
+
+
+def _reward_module(reward: str):
+    from ..rewards.scoring import _reward_module as module
+    return module(reward)
+
+
+def field_folder(reward: str, role: str) -> str:
+    """The models folder a reward's role is looked up in (the reward module's ``MODEL_ROLES``)."""
+    return getattr(_reward_module(reward), "MODEL_ROLES", {}).get(role, "clip")
+
+
+def _registry_model_fields() -> tuple[tuple[str, str, str, str], ...]:
+    """A field per model role of every other registry reward: (``reward.role``, reward, role, catalogue kind)."""
+    from ..rewards.scoring import ROLE_KINDS
+    out = []
+    for r in REWARDS:
+        if r in FIRST_REWARDS:
+            continue
+        for role in sorted(getattr(_reward_module(r), "MODEL_ROLES", {})):
+            out.append((f"{r}.{role}", r, role, ROLE_KINDS.get(role, ("clip",))[0]))
+            MODEL_HELP.setdefault(f"{r}.{role}", f"{r} reward: {role} (empty = the reward's default)")
+    return tuple(out)
+
+
+MODEL_FIELDS = FIRST_MODEL_FIELDS + _registry_model_fields()
 
 
 def light_default(role: str, kind: str) -> str:
@@ -87,14 +124,19 @@ class Settings:
         return out
 
 
-UI_ORDER = ("enabled", "rewards", "w_caption", "w_sam_llm", "w_rich", "keep_top_k", "mode", "autofix",
-            "threshold", "dilation", "denoise", "fix_reward", "fix_candidates") + tuple(f[0] for f in MODEL_FIELDS)
+# positional (the WebUI's API passes script arguments by position): later rewards' weights and model fields are
+# appended after the first UI's arguments, never inserted between them
+UI_ORDER = (("enabled", "rewards", "w_caption", "w_sam_llm", "w_rich", "keep_top_k", "mode", "autofix",
+             "threshold", "dilation", "denoise", "fix_reward", "fix_candidates")
+            + tuple(f[0] for f in FIRST_MODEL_FIELDS)
+            + tuple(f"w_{r}" for r in REWARDS if r not in FIRST_REWARDS)
+            + tuple(f[0] for f in MODEL_FIELDS if f not in FIRST_MODEL_FIELDS))
 
 
 def ui_defaults() -> dict[str, Any]:
     """The UI's initial values, by :data:`UI_ORDER` name (model fields: the light profile)."""
     s = Settings()
-    out = {"enabled": s.enabled, "rewards": list(s.rewards), "w_caption": 1.0, "w_sam_llm": 1.0, "w_rich": 1.0,
+    out = {"enabled": s.enabled, "rewards": list(s.rewards), **{f"w_{r}": 1.0 for r in REWARDS},
            "keep_top_k": s.keep_top_k, "mode": s.mode, "autofix": s.autofix, "threshold": s.threshold,
            "dilation": s.dilation, "denoise": s.denoise, "fix_reward": s.fix_reward,
            "fix_candidates": s.fix_candidates}
@@ -118,7 +160,7 @@ def parse_args(*args) -> Settings:
     if unknown:
         raise ValueError(f"RewardLoop: unknown reward(s) {unknown}; choose from {', '.join(REWARDS)}.")
     try:
-        weights = {"caption": float(v["w_caption"]), "sam_llm": float(v["w_sam_llm"]), "rich": float(v["w_rich"])}
+        weights = {r: float(v[f"w_{r}"]) for r in REWARDS}
     except (TypeError, ValueError):
         raise ValueError("RewardLoop: reward weights must be numbers.") from None
     if any(not math.isfinite(w) or w < 0 for w in weights.values()):

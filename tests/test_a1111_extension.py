@@ -296,3 +296,34 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ every registry reward, appended positionally
+def test_every_registry_reward_is_offered_and_old_positions_are_kept(tiny):
+    """A reward added to the scorer registry appears in the extension by itself (checkbox, weight, model fields);
+    its arguments come after the first UI's, so API calls that send arguments by position keep working."""
+    from rewardloop.rewards.scoring import available
+    from rewardloop.weights.tiny import TINY_REWARD_MODELS
+    assert set(logic.REWARDS) == set(available()) and logic.REWARDS[:3] == ("caption", "sam_llm", "rich")
+    first = ("enabled", "rewards", "w_caption", "w_sam_llm", "w_rich", "keep_top_k", "mode", "autofix", "threshold",
+             "dilation", "denoise", "fix_reward", "fix_candidates") + tuple(f[0] for f in logic.FIRST_MODEL_FIELDS)
+    assert logic.UI_ORDER[:len(first)] == first and len(set(logic.UI_ORDER)) == len(logic.UI_ORDER)
+    for r in ("pickscore", "hps", "image_reward", "aesthetic", "clip_score"):
+        assert f"w_{r}" in logic.UI_ORDER[len(first):]
+    assert {"hps.hps", "hps.clip_tokenizer", "image_reward.bert_tokenizer", "aesthetic.clip"} <= set(logic.UI_ORDER)
+    assert logic.field_folder("hps", "hps") == "rewards" and logic.field_folder("pickscore", "pickscore") == "clip"
+    fields = {f"{r}.{role}": tiny(key) for r in ("hps", "clip_score") for role, key in TINY_REWARD_MODELS[r].items()}
+    s = logic.parse_args(*args(enabled=True, rewards=["hps", "clip_score"], w_hps=2.0, **fields))
+    assert s.weights["hps"] == 2.0 and s.weights["clip_score"] == 1.0
+    assert s.models_for("hps") == {"hps": "tiny-hps", "clip_tokenizer": "tiny-clip-tokenizer"}
+    assert s.models_for("pickscore") == {}  # empty fields: the reward's own defaults
+    from PIL import Image
+    logic.clear_scorers()
+    pils = [Image.fromarray(np.full((32, 40, 3), v, dtype=np.uint8)) for v in (30, 200, 120)]
+    scored = logic.score(pils, ["a red car"] * 3, s.rewards, s)
+    assert set(scored) == {"hps", "clip_score"} and all(len(r[0].values) == 3 for r in scored.values())
+    order = logic.rank_order(scored, s.weights, s.mode)
+    assert sorted(order) == [0, 1, 2]
+    params = logic.generation_params(s)
+    assert params["RewardLoop rank"] == "hps+clip_score" and params["RewardLoop weights"] == "2+1"
+    assert logic.settings_from_infotext({k: str(v) for k, v in params.items()})["w_hps"] == 2.0
