@@ -247,7 +247,10 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     rank = accelerator.process_index  # under `accelerate launch` each process draws its own noise / timesteps
     generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * rank)
 
-    if not any(True for _ in _lora_modules(components.unet)):
+    if lora_cfg.full:
+        from . import full_finetune
+        full_finetune.enable(components, lora_cfg.train_text_encoder)
+    elif not any(True for _ in _lora_modules(components.unet)):
         torch.manual_seed(seed)
         add_lora(components, lora_cfg)
     params = trainable_parameters(components)
@@ -432,13 +435,14 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
         _save_rank_rng(run_dir, step, generator, rank)
     if train_cfg.eval_seed is not None:
         metrics_out["eval_loss_end"] = fixed_eval()
-    state = lora_state_dict(components)
+    state = {} if lora_cfg.full else lora_state_dict(components)   # full fine-tuning: the caller exports the model
     lora_path = None
     plot = None
     if accelerator.is_main_process:
-        from safetensors.torch import save_file
-        meta = lora_metadata(components, {"steps": str(step), "objective": getattr(objective, "name", "")})
-        lora_path = atomic_save(run_dir / "lora.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
+        if state:
+            from safetensors.torch import save_file
+            meta = lora_metadata(components, {"steps": str(step), "objective": getattr(objective, "name", "")})
+            lora_path = atomic_save(run_dir / "lora.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
         plot = plot_loss(log_csv, run_dir / "loss.png")
     accelerator.wait_for_everyone()
     return TrainResult(lora_path=lora_path, state=state, steps_done=step, log_csv=log_csv, loss_plot_png=plot,

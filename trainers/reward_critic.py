@@ -327,6 +327,7 @@ class RewardCriticTerm:
         self.rounds = 0                 # scoring rounds done
         self._stash: list[dict] = []
         self._pending_state: dict | None = None
+        self.last: dict[str, Any] = {"rewards": None, "critic_loss": 0.0}   # carried into log rows between updates
 
     # -------------------------------------------------------------- setup
     @property
@@ -361,7 +362,7 @@ class RewardCriticTerm:
               ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """−λ·mean_i Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i): minimise it to ascend the critic's reward estimate."""
         if not self.active:
-            return x0_hat.new_zeros((), dtype=torch.float32), {"reward_q": ""}
+            return x0_hat.new_zeros((), dtype=torch.float32), {"reward_q": 0.0}
         self.critic.requires_grad_(False)
         q = self.critic(x0_hat, t.float(), ref if self.critic.reference else None)      # [B, K] z-units
         w = self.head_weights.to(q.device)
@@ -448,21 +449,22 @@ class RewardCriticTerm:
                reduce_grads: Callable | None = None) -> dict:
         """After the actor step: score what was stashed (cost ``reward_s``), then regress the critic (``critic_s``).
 
-        Always returns the same keys, so every row of ``log.csv`` has every column ("" where nothing happened)."""
-        out: dict[str, Any] = {"reward_s": 0.0, "critic_s": 0.0, "critic_loss": ""}
-        out.update({f"reward_{n}": "" for n in self.names})
-        if not self._stash:
-            return out
-        t0 = time.perf_counter()
-        got = self._score(decode, gather)
-        out["reward_s"] = time.perf_counter() - t0
-        if got["scored"]:
-            for j, n in enumerate(self.names):
-                out[f"reward_{n}"] = float(got["raw"][:, j].double().mean())
-        if len(self.cache):
-            t1 = time.perf_counter()
-            out["critic_loss"] = self._regress(device, reduce_grads)
-            out["critic_s"] = time.perf_counter() - t1
+        Always returns the same finite numbers, so every row of ``log.csv`` has every column: the costs are 0 on
+        steps without an update; ``reward_<name>`` and ``critic_loss`` are those of the latest update."""
+        out: dict[str, float] = {"reward_s": 0.0, "critic_s": 0.0}
+        if self._stash:
+            t0 = time.perf_counter()
+            got = self._score(decode, gather)
+            out["reward_s"] = time.perf_counter() - t0
+            if got["scored"]:
+                self.last["rewards"] = [float(got["raw"][:, j].double().mean()) for j in range(len(self.names))]
+            if len(self.cache):
+                t1 = time.perf_counter()
+                self.last["critic_loss"] = self._regress(device, reduce_grads)
+                out["critic_s"] = time.perf_counter() - t1
+        out["critic_loss"] = float(self.last["critic_loss"])
+        rewards = self.last["rewards"] or [0.0] * len(self.names)
+        out.update({f"reward_{n}": float(v) for n, v in zip(self.names, rewards)})
         return out
 
     # -------------------------------------------------------------- checkpointing
@@ -471,7 +473,9 @@ class RewardCriticTerm:
             return {}
         return {"critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
                 "opt": self.opt.state_dict(), "cache": self.cache.state_dict(),
-                "generator": self.generator.get_state(), "updates": self.updates, "rounds": self.rounds}
+                "generator": self.generator.get_state(), "updates": self.updates, "rounds": self.rounds,
+                "last_rewards": torch.tensor(self.last["rewards"] or [], dtype=torch.float64),
+                "last_critic_loss": float(self.last["critic_loss"])}
 
     def load_state_dict(self, sd: dict) -> None:
         if not sd:
@@ -484,6 +488,7 @@ class RewardCriticTerm:
         self.cache.load_state_dict(sd["cache"])
         self.generator.set_state(sd["generator"])
         self.updates, self.rounds = int(sd["updates"]), int(sd["rounds"])
+        self.last = {"rewards": sd["last_rewards"].tolist() or None, "critic_loss": float(sd["last_critic_loss"])}
         self._pending_state = None
 
 
