@@ -154,7 +154,7 @@ def test_regression_learns_a_reward_and_logs_every_column():
 def test_actor_weights_rewards_like_assemble_and_discounts():
     a = R.RewardSpec("a", 3.0, scorer=FunctionScorer(["a"], None))
     b = R.RewardSpec("b", 1.0, scorer=FunctionScorer(["b"], None))
-    cfg = R.RewardCriticConfig(rewards=[a, b], weight=2.0, warmup=1)
+    cfg = R.RewardCriticConfig(rewards=[a, b], warmup=1)
     term = R.RewardCriticTerm(cfg, R.build_sources([a, b]))
     term.setup(4, "cpu", seed=0)
     x = torch.zeros(2, 4, 8, 8, requires_grad=True)
@@ -167,9 +167,9 @@ def test_actor_weights_rewards_like_assemble_and_discounts():
         term.critic.head.weight.zero_()
         term.critic.head.bias.copy_(torch.tensor([1.0, 5.0]))
     loss, m = term.actor(x, torch.tensor([0.0, 10.0]), torch.tensor([1.0, 0.5]))
-    per = (3 * 1 + 1 * 5) / 4                                         # Σ w_k Q_k / Σ w_k = 2
-    assert m["reward_q"] == pytest.approx((1.0 * per + 0.5 * per) / 2)
-    assert float(loss.detach()) == pytest.approx(-2.0 * m["reward_q"])
+    per = 3 * 1 + 1 * 5                                               # Σ_k w_k·Q_k = 8 (assemble's weighted z-sum)
+    assert m["reward_q"] == pytest.approx((1.0 * per + 0.5 * per) / 2)   # γ^{t_i}-weighted mean over samples
+    assert float(loss.detach()) == pytest.approx(-m["reward_q"])
     loss.backward()                                                   # gradient reaches x̂0, not the critic
     assert x.grad is not None and all(p.grad is None for p in term.critic.parameters())
 

@@ -12,6 +12,8 @@ Terms, each weighted by its own flag (0 turns it off):
                    SGD lr 0.01. Checkpointed with the run (the released code does not).
 * ``dino``         decode x̂0 through the VAE, DINO ViT CLS features, λ·γ^{t_i}·(1 − cos) to the features of the
                    reference image the sample came from; differentiable end to end.
+* rewards          any scorer (and DINO similarity) through a learned critic Q(x̂0, t, x0): see
+                   :mod:`.reward_critic`; on beside any mode when ``reward=`` names rewards.
 
 Per-sample γ^t for batches > 1 (the released code indexes ``timesteps[0]``).
 """
@@ -29,6 +31,7 @@ from PIL import Image
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
+from . import reward_critic as RC
 
 log = logging.getLogger("rewardloop")
 
@@ -155,9 +158,12 @@ class DPGObjective:
     """The DPG objective (see module docstring). Carries the critic; its state is checkpointed with the run."""
 
     def __init__(self, weights: DPGWeights | None = None, dino_model: str = "dino-vits16",
-                 vae_checkpointing: bool = False):
+                 vae_checkpointing: bool = False, reward: RC.RewardCriticConfig | None = None,
+                 reward_sources: list | None = None):
         self.w = weights or DPGWeights()
         self.w.validate()
+        self.reward = RC.RewardCriticTerm(replace(reward, gamma=self.w.gamma if reward.gamma is None else reward.gamma),
+                                          reward_sources) if reward is not None else None
         self.dino_model = dino_model
         self.vae_checkpointing = vae_checkpointing
         self.critic: Critic | None = None
@@ -170,6 +176,8 @@ class DPGObjective:
     @property
     def name(self) -> str:
         on = [k for k in ("dreambooth", "look_forward", "critic", "dino") if getattr(self.w, k) > 0]
+        if self.reward is not None:
+            on.append(f"reward({','.join(s.label for s in self.reward.cfg.rewards)})")
         return "dpg:" + "+".join(on)
 
     @property
@@ -190,12 +198,20 @@ class DPGObjective:
             self.critic_opt = torch.optim.SGD(self.critic.parameters(), lr=float(self.w.critic_lr))
             if self._pending_state is not None:
                 self.load_state_dict(self._pending_state)
-        if self.w.dino > 0 and self.dino is None:
+        dino_reward = self.reward is not None and any(s.name == RC.DINO for s in self.reward.cfg.rewards)
+        if (self.w.dino > 0 or dino_reward) and self.dino is None:
             self.dino = DINOFeatures(self.dino_model, device=trainer.device)
             with torch.no_grad():
                 self.ref_feats = self.dino(trainer.ref_pixels.to(trainer.device))
-            if self.vae_checkpointing and hasattr(c.vae, "enable_gradient_checkpointing"):
+            if self.w.dino > 0 and self.vae_checkpointing and hasattr(c.vae, "enable_gradient_checkpointing"):
                 c.vae.enable_gradient_checkpointing()
+        if self.reward is not None:
+            if self.reward.sources is None:
+                self.reward.sources = RC.build_sources(self.reward.cfg.rewards, device=trainer.device)
+            for src in self.reward.sources:
+                if isinstance(src, RC.DinoSource):
+                    src.features, src.ref_feats = self.dino, self.ref_feats
+            self.reward.setup(ch, trainer.device, int(trainer.cfg.seed))
 
     # -------------------------------------------------------------- the actor loss
     def __call__(self, trainer: L.Trainer, batch: L.Batch):
@@ -213,7 +229,7 @@ class DPGObjective:
             lp = per[prior].mean()
             loss = loss + w.prior * lp
             metrics["prior"] = float(lp.detach())
-        if w.look_forward > 0 or w.critic > 0 or w.dino > 0:
+        if w.look_forward > 0 or w.critic > 0 or w.dino > 0 or self.reward is not None:
             eps = trainer.eps_from_pred(out)
             x0_hat = x0_from_eps(out["noisy"][inst], eps[inst], out["alpha_bar"][inst])
             err = (x0_hat - out["x0"][inst].float()) ** 2
@@ -237,10 +253,53 @@ class DPGObjective:
                 ld = (g.to(dist.device) * dist).mean()
                 loss = loss + w.dino * ld.to(loss.device)
                 metrics["dino_dist"] = float(dist.mean().detach())
+            if self.reward is not None:
+                lr_, m = self.reward.actor(x0_hat, out["t"][inst], g, ref=out["x0"][inst])
+                loss = loss + lr_.to(loss.device)
+                metrics.update(m)
+                if self.reward.wants_rewards(trainer.step):
+                    self._stash_rewards(trainer, batch, out, eps, x0_hat)
         return loss, metrics
+
+    def _stash_rewards(self, trainer: L.Trainer, batch: L.Batch, out: dict, eps: torch.Tensor,
+                       x0_hat: torch.Tensor) -> None:
+        """Keep this step's reference samples for scoring after the optimizer step (and, for the td target, a
+        way to their next state on the deterministic denoising chain)."""
+        inst = batch.instance
+        idx = batch.ref_index[inst]
+        prompts = getattr(trainer, "ref_prompts", None) or []
+        prompts = [prompts[i] if i < len(prompts) else "" for i in idx.tolist()]
+        t = out["t"][inst]
+        nxt = None
+        if self.reward.cfg.target == "td":
+            sub = L.Batch(latents=batch.latents[inst], cond=batch.cond[inst].detach(), is_prior=batch.is_prior[inst],
+                          ref_index=idx, added_cond=None if batch.added_cond is None else
+                          {k: v[inst].detach() for k, v in batch.added_cond.items()})
+            x0d, epsd, hop = x0_hat.detach(), eps[inst].detach().float(), int(self.reward.cfg.td_hop)
+
+            def nxt():
+                t2 = (t - hop).clamp(min=0)
+                a2 = trainer.alphas_cumprod[t2].view(-1, 1, 1, 1)
+                x_next = a2.sqrt() * x0d + (1 - a2).sqrt() * epsd
+                with torch.no_grad():
+                    pred = trainer.unet(x_next, t2, sub).float()
+                e2 = trainer.eps_from_pred({"pred": pred, "alpha_bar": a2, "noisy": x_next})
+                return x0_from_eps(x_next, e2, a2), torch.where(t - hop >= 0, t2.float(), torch.full_like(t2, -1.0,
+                                                                                               dtype=torch.float32))
+        self.reward.stash(x0_hat, t, out["x0"][inst], prompts, idx, nxt)
 
     # -------------------------------------------------------------- critic regression after the actor step
     def after_step(self, trainer: L.Trainer, batch: L.Batch) -> dict[str, float]:
+        out = {}
+        if self.reward is not None:
+            acc = trainer.accelerator
+            multi = acc.num_processes > 1
+            with torch.no_grad():
+                out = self.reward.update(trainer.decode, trainer.device, gather=acc.gather if multi else None,
+                                         reduce_grads=(lambda g: acc.reduce(g, reduction="mean")) if multi else None)
+        return {**out, **self._critic_step(trainer)}
+
+    def _critic_step(self, trainer: L.Trainer) -> dict[str, float]:
         if self.critic is None or self._pending is None:
             return {}
         e = self._pending
@@ -263,13 +322,20 @@ class DPGObjective:
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        if self.critic is None:
-            return {}
-        return {"critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
-                "critic_opt": self.critic_opt.state_dict()}
+        sd = {}
+        if self.critic is not None:
+            sd = {"critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
+                  "critic_opt": self.critic_opt.state_dict()}
+        if self.reward is not None and self.reward.critic is not None:
+            sd["reward"] = self.reward.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         if not sd:
+            return
+        if self.reward is not None and "reward" in sd:
+            self.reward.load_state_dict(sd["reward"])   # before its setup: applied there
+        if "critic" not in sd:
             return
         if self.critic is None:  # restored before setup: apply then
             self._pending_state = sd

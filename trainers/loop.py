@@ -275,6 +275,7 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     ref_pixels = _build_pixels(items, res, train_cfg.center_crop)
     cls_pixels = _build_pixels(class_items, res, train_cfg.center_crop) if class_items else None
     trainer.ref_pixels, trainer.class_pixels = ref_pixels, cls_pixels
+    trainer.ref_prompts = [p for _, p in items]
     ref_params = encode_images(components, ref_pixels) if train_cfg.cache_latents else None
     cls_params = encode_images(components, cls_pixels) if (train_cfg.cache_latents and cls_pixels is not None) else None
     prompts = [p for _, p in items]

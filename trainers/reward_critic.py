@@ -28,8 +28,8 @@ graph:
    so it is close to an identity map and the method reduces to a γ^t-weighted look-forward loss
    (:mod:`trainers.dpg`'s ``critic`` and ``look_forward`` modes). The ``td`` option implements the formula the
    paper writes, not code the authors released.
-4. The **actor** (the UNet LoRA) ascends ``λ·Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i)`` through x̂0 (the critic's own
-   parameters are frozen for it). It starts once the cache holds ``warmup`` samples and the critic has been
+4. The **actor** (the UNet LoRA) ascends ``Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i)`` through x̂0 (the critic's own
+   parameters are frozen for it; each weight w_k is that reward's λ, the paper's ablation uses 0.1 and 1). It starts once the cache holds ``warmup`` samples and the critic has been
    updated once.
 
 Costs: ``reward_s`` (decode + score + TD next state) and ``critic_s`` (critic regression) are logged per step in
@@ -141,15 +141,21 @@ class ScorerSource:
 
 
 class DinoSource:
-    """DINO similarity of the decoded x̂0 to the sample's own reference image: cos(DINO(D(x̂0)), DINO(ref))."""
+    """DINO similarity of the decoded x̂0 to the sample's own reference image: cos(DINO(D(x̂0)), DINO(ref)).
 
-    def __init__(self, spec: RewardSpec, features: Callable[[torch.Tensor], torch.Tensor], ref_feats: torch.Tensor):
+    ``features`` (images in [-1, 1] → CLS features) and ``ref_feats`` (one row per reference image) are set by the
+    back-end once it has the references (``DPGObjective.setup``)."""
+
+    def __init__(self, spec: RewardSpec, features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ref_feats: torch.Tensor | None = None):
         self.spec = spec
         self.features = features
         self.ref_feats = ref_feats
         self.names = [DINO]
 
     def __call__(self, sb: ScoringBatch) -> torch.Tensor:
+        if self.features is None or self.ref_feats is None:
+            raise ValueError("The dino reward has no reference features: the trainer did not set them up.")
         f = self.features(sb.pixels)
         ref = self.ref_feats[sb.ref_index.to(self.ref_feats.device)].to(f.device)
         return F.cosine_similarity(f.float(), ref.float(), dim=-1).double().cpu()[:, None]
@@ -271,8 +277,7 @@ class RewardCache:
 # ====================================================================== the term
 @dataclass
 class RewardCriticConfig:
-    rewards: list[RewardSpec] = field(default_factory=list)
-    weight: float = 1.0          # λ of the actor term
+    rewards: list[RewardSpec] = field(default_factory=list)   # each with its weight λ_k
     every: int = 1               # critic update interval: score + regress every K actor steps
     target: str = "regression"   # regression | td
     iters: int = 4               # critic steps per update
@@ -298,8 +303,9 @@ class RewardCriticConfig:
         for k in ("every", "iters", "capacity", "minibatch", "td_hop"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"reward critic: {k} must be >= 1 (got {getattr(self, k)}).")
-        if int(self.warmup) < 0 or not (self.lr > 0) or not math.isfinite(float(self.weight)) or self.weight < 0:
-            raise ValueError("reward critic: warmup >= 0, lr > 0 and a finite weight >= 0 are required.")
+        if int(self.warmup) < 0 or not (0 < float(self.lr) < math.inf):
+            raise ValueError(f"reward critic: warmup must be >= 0 and lr a finite number > 0 "
+                             f"(got {self.warmup}, {self.lr}).")
         if self.gamma is not None and not (0 < float(self.gamma) <= 1):
             raise ValueError(f"reward critic: gamma must be in (0, 1] (got {self.gamma}).")
 
@@ -360,15 +366,14 @@ class RewardCriticTerm:
 
     def actor(self, x0_hat: torch.Tensor, t: torch.Tensor, discount: torch.Tensor,
               ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """−λ·mean_i Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i): minimise it to ascend the critic's reward estimate."""
+        """−mean_i Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i): minimise it to ascend the critic's reward estimate."""
         if not self.active:
             return x0_hat.new_zeros((), dtype=torch.float32), {"reward_q": 0.0}
         self.critic.requires_grad_(False)
         q = self.critic(x0_hat, t.float(), ref if self.critic.reference else None)      # [B, K] z-units
-        w = self.head_weights.to(q.device)
-        per = (q * w).sum(1) / w.sum()
+        per = (q * self.head_weights.to(q.device)).sum(1)
         value = (discount.to(q.device).float() * per).mean()
-        return -float(self.cfg.weight) * value, {"reward_q": float(value.detach())}
+        return -value, {"reward_q": float(value.detach())}
 
     # -------------------------------------------------------------- rewards
     def wants_rewards(self, step: int) -> bool:
@@ -492,20 +497,17 @@ class RewardCriticTerm:
         self._pending_state = None
 
 
-def build_sources(specs: list[RewardSpec], models: dict[str, str] | None = None, device=None,
-                  dino: Callable[[], tuple[Callable, torch.Tensor]] | None = None) -> list:
+def build_sources(specs: list[RewardSpec], models: dict[str, str] | None = None, device=None) -> list:
     """Scorers for the specs: registry names through :func:`rewards.scoring.make_scorer` (``models`` as for
-    ``score --model``), ready scorer objects as they are, ``dino`` through ``dino()`` → (features, ref_feats)."""
+    ``score --model``; loaded now, before the base model), ready scorer objects as they are, and ``dino`` as a
+    :class:`DinoSource` whose features the trainer sets."""
     from ..rewards.scoring import make_scorer
     out = []
     for s in specs:
         if s.scorer is not None:
             out.append(ScorerSource(s, s.scorer))
         elif s.name == DINO:
-            if dino is None:
-                raise ValueError("The dino reward needs the reference images' DINO features.")
-            feats, ref = dino()
-            out.append(DinoSource(s, feats, ref))
+            out.append(DinoSource(s))
         else:
             kw = {} if device is None else {"device": device}
             out.append(ScorerSource(s, make_scorer(s.name, models=models, **kw)))
