@@ -308,10 +308,16 @@ def temp_dir() -> Path:
 
 def loras_dir() -> Path:
     """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the pack's."""
-    paths = comfy_folder_paths("loras")
+    return model_output_dir("loras")
+
+
+def model_output_dir(folder: str) -> Path:
+    """Where trained models of ``folder`` (loras, checkpoints) are written: ComfyUI's first such folder, else the
+    first REWARDLOOP_MODELS root's, else the pack's."""
+    paths = comfy_folder_paths(folder)
     if paths:
         return paths[0]
     roots = models_roots()
     if roots:
-        return roots[0] / "loras"
-    return pack_models_dir() / "loras"
+        return roots[0] / folder
+    return pack_models_dir() / folder

@@ -1,26 +1,13 @@
 """Reward critic (trainers/reward_critic.py): specs, network size, TD target by hand, regression, assemble weights."""
 from __future__ import annotations
 
+import _fake_rewards as FR
 import pytest
 import torch
 
 from rewardloop.rewards.scoring import FunctionScorer
 from rewardloop.rewards.types import RewardScores
 from rewardloop.trainers import reward_critic as R
-
-
-def brightness_scorer(name="brightness", higher_is_better=True):
-    """Mean brightness of the top-left quadrant, in 0..1 (a fake deterministic reward with a known optimum)."""
-    import numpy as np
-
-    def fn(images, prompts):
-        vals = []
-        for im in images:
-            a = np.asarray(im, dtype=np.float64) / 255.0
-            h, w = a.shape[:2]
-            vals.append(float(a[: h // 2, : w // 2].mean()))
-        return [RewardScores(name, vals, higher_is_better, (0.0, 1.0))]
-    return FunctionScorer([name], fn)
 
 
 # ---------------------------------------------------------------- specs
@@ -107,9 +94,9 @@ def test_scorer_source_orients_selects_and_explains():
     pix[1, :, :4, :4] = 1.0                   # second image: bright top-left quadrant
     sb = R.ScoringBatch(pix, ["p", "p"], torch.tensor([0, 1]))
     assert sb.images[1].getpixel((0, 0)) == (255, 255, 255) and sb.images[0].getpixel((0, 0)) == (0, 0, 0)
-    up = R.ScorerSource(R.RewardSpec("b"), brightness_scorer())(sb)
-    down = R.ScorerSource(R.RewardSpec("b"), brightness_scorer("dark", higher_is_better=False))(sb)
-    assert up.tolist() == [[0.0], [1.0]] and down.tolist() == [[-0.0], [-1.0]]
+    up = R.ScorerSource(R.RewardSpec("b"), FR.make_scorer())(sb)
+    down = R.ScorerSource(R.RewardSpec("b"), FR.make_scorer(name="dark", higher_is_better=False))(sb)
+    assert up.tolist() == [[0.0], [1.0]] and down.tolist() == [[-1.0], [0.0]]   # "dark" = 1 − b, lower is better
     multi = FunctionScorer(["a", "b"], lambda ims, ps: [RewardScores("a", [1.0] * len(ims)),
                                                         RewardScores("b", [2.0] * len(ims))])
     assert R.ScorerSource(R.RewardSpec("m", output="b"), multi)(sb).tolist() == [[2.0], [2.0]]
@@ -119,7 +106,7 @@ def test_scorer_source_orients_selects_and_explains():
 
 def test_regression_learns_a_reward_and_logs_every_column():
     torch.manual_seed(1)
-    spec = R.RewardSpec("brightness", scorer=brightness_scorer())
+    spec = R.RewardSpec("brightness", scorer=FR.make_scorer())
     cfg = R.RewardCriticConfig(rewards=[spec], iters=6, minibatch=16, lr=3e-3)
     term = R.RewardCriticTerm(cfg, R.build_sources([spec]))
     term.setup(4, "cpu", seed=0)

@@ -398,6 +398,9 @@ class Preset:
     batch_size: int
     vae_checkpointing: bool
     note: str = ""
+    full: bool = False           # full fine-tuning (no LoRA): every UNet (+ text-encoder) weight
+    lr: float | None = None      # the preset's own learning rate / steps, when the caller gives none
+    steps: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -409,7 +412,13 @@ PRESETS: dict[str, Preset] = {
     "24GB": Preset("24GB", "bf16", "bf16", False, True, 16, True, 2, False,
                    "bf16, no checkpointing (faster), cached latents, rank 16, UNet + text-encoder LoRA, batch 2."),
     "cpu": Preset("cpu", "no", "fp32", False, True, 4, False, 1, False, "fp32 on the CPU (tests, tiny models)."),
+    "paper": Preset("paper", "no", "fp32", False, True, 0, True, 1, False,
+                    "The DPG paper's recipe: full fine-tuning of the UNet and text encoder in fp32, AdamW lr 1e-6, "
+                    "1000 steps, batch 1 + 1 class image, γ = 0.9986; exports a checkpoint to models/checkpoints. "
+                    "About 16 GB of weights, gradients and AdamW states for SD 1.x before activations: 24 GB+ cards.",
+                    full=True, lr=1e-6, steps=1000),
 }
+FULL_LR_LIMIT = 1e-5  # a LoRA learning rate on every weight of the model wrecks it
 
 
 def resolve_preset(name: str | None, device: torch.device) -> Preset:
@@ -430,8 +439,8 @@ def resolve_preset(name: str | None, device: torch.device) -> Preset:
 
 @dataclass
 class PersonalizeResult:
-    lora_file: Path
-    lora_name: str
+    lora_file: Path              # the LoRA in models/loras (the paper preset: the checkpoint in models/checkpoints)
+    lora_name: str               # its name inside that folder
     samples: list[Image.Image]
     sample_files: list[Path]
     loss_plot: Path | None
@@ -447,13 +456,19 @@ def run_dir_for(name: str) -> Path:
 
 def personalize(base: str, references: list[Image.Image], trigger: str, class_prompt: str,
                 instance_prompt: str | None = None, out_name: str = "dpg_lora", overwrite: bool = False,
-                mode: str = "look_forward", weights: DPGWeights | None = None, steps: int = 500, lr: float = 1e-4,
+                mode: str = "look_forward", weights: DPGWeights | None = None, steps: int | None = None,
+                lr: float | None = None,
                 rank: int | None = None, resolution: int = 512, seed: int = 0, preset: str | None = "auto",
                 num_class_images: int = 8, sample_prompts: tuple[str, ...] | None = None, sample_every: int = 0,
                 save_every: int = 100, resume: bool = True, run_dir: Path | None = None, progress=None,
                 dino_model: str = "dino-vits16", center_crop: bool = True, device=None, config=None,
-                train_overrides: dict | None = None, sample_steps: int = 20) -> PersonalizeResult:
+                train_overrides: dict | None = None, sample_steps: int = 20,
+                reward: RC.RewardCriticConfig | None = None, reward_models: dict | None = None) -> PersonalizeResult:
     """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point).
+
+    ``steps`` / ``lr`` default to the preset's (the ``paper`` preset: 1000, 1e-6, full fine-tuning exported to
+    ``checkpoints``), else 500 / 1e-4. ``reward``: rewards through the learned critic (:mod:`.reward_critic`);
+    its scorers load (``reward_models`` as ROLE → model) before the base model.
 
     Leaves ``torch.inference_mode`` (ComfyUI runs nodes inside it) for loading, training and export.
     """
@@ -464,7 +479,7 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
 def _personalize(base, references, trigger, class_prompt, instance_prompt, out_name, overwrite, mode, weights, steps,
                  lr, rank, resolution, seed, preset, num_class_images, sample_prompts, sample_every, save_every,
                  resume, run_dir, progress, dino_model, center_crop, device, config, train_overrides,
-                 sample_steps) -> PersonalizeResult:
+                 sample_steps, reward, reward_models) -> PersonalizeResult:
     refs = list(references or [])
     if not refs:
         raise ValueError("No reference images were given: connect at least one photo of the subject.")
@@ -476,10 +491,26 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
     if trigger not in instance_prompt.split():
         raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    if preset not in (None, "", "auto") and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}: choose one of auto, {', '.join(PRESETS)}.")
+    full = preset == "paper"
     # fail now, not after training: the output name must be valid and free
-    lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
+    out_folder = bridge.model_output_dir("checkpoints") if full else bridge.loras_dir()
+    lora_target = safe_output_path(out_folder, out_name, ".safetensors", overwrite)
     weights = weights or DPGWeights.for_mode(mode)
     weights.validate()
+    if full:
+        steps, lr = steps or PRESETS["paper"].steps, lr or PRESETS["paper"].lr
+        if float(lr) > FULL_LR_LIMIT:
+            raise ValueError(f"The paper preset fine-tunes every weight of the model: use a learning rate <= "
+                             f"{FULL_LR_LIMIT:g} (the paper's is 1e-6), not {lr:g}.")
+        from .full_finetune import check_base_family
+        check_base_family(base, config)
+    steps, lr = int(steps or 500), float(lr or 1e-4)
+    reward_sources = None
+    if reward is not None:
+        reward.validate()
+        reward_sources = RC.build_sources(reward.rewards, models=reward_models, device=device)
     from accelerate import PartialState
     import os
     cpu = str(device or os.environ.get("REWARDLOOP_DEVICE", "")).startswith("cpu") or not torch.cuda.is_available()
@@ -501,7 +532,7 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
         state.wait_for_everyone()
         if not state.is_main_process:
             class_items = make_class()
-    lcfg = L.LoraConfig(rank=int(rank or pre.rank), train_text_encoder=pre.train_text_encoder)
+    lcfg = L.LoraConfig(rank=int(rank or pre.rank or 1), train_text_encoder=pre.train_text_encoder, full=pre.full)
     samples = tuple(sample_prompts) if sample_prompts is not None else (
         instance_prompt, f"{instance_prompt} on the beach")
     tcfg = L.TrainConfig(steps=int(steps), lr=float(lr), batch_size=pre.batch_size,
@@ -511,7 +542,8 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
                          center_crop=center_crop, sample_steps=sample_steps)
     if train_overrides:
         tcfg = replace(tcfg, **train_overrides)
-    objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing)
+    objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing, reward=reward,
+                             reward_sources=reward_sources)
     dataset = [(img, instance_prompt) for img in refs]
     result = L.train_lora(comps, dataset, objective, lcfg, tcfg, run_dir, resume=resume, progress=progress,
                           class_dataset=class_items or None)
@@ -519,13 +551,20 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
             "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
             "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
             "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
+    if reward is not None:
+        meta["rewards"] = json.dumps({s.label: s.weight for s in reward.rewards})
+        meta["critic"] = json.dumps({"target": reward.target, "every": reward.every})
     if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
         state.wait_for_everyone()
         return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
-    lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
+    if pre.full:
+        from .full_finetune import export_checkpoint
+        lora_file = export_checkpoint(comps, out_folder, out_name, meta, overwrite=overwrite)
+    else:
+        lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
     imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
-    rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
+    rel = lora_file.relative_to(Path(out_folder).resolve()).as_posix()
     state.wait_for_everyone()
     return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                              loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)

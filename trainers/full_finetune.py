@@ -56,10 +56,30 @@ def memory_estimate(components: SDComponents, train_text_encoder: bool = True) -
     return {"params": float(n), "static_gib": n * BYTES_PER_PARAM / 2 ** 30}
 
 
+def _family_error(family: str) -> ValueError:
+    return ValueError(f"The paper preset exports SD 1.x checkpoints (the paper's base is SD 1.4); this base is "
+                      f"{family.upper()}: use a LoRA preset (8GB / 12GB / 24GB).")
+
+
 def check_exportable(components: SDComponents) -> None:
     if components.family != "sd1":
-        raise ValueError(f"The paper preset exports SD 1.x checkpoints (the paper's base is SD 1.4); this base is "
-                         f"{components.family.upper()}: use a LoRA preset (8GB / 12GB / 24GB).")
+        raise _family_error(components.family)
+
+
+def check_base_family(base, config=None) -> None:
+    """Before anything loads: the base must be SD 1.x (read from the file's keys or the folder's configs)."""
+    from .base_model import _family_from_keys, _read_single_file_keys, _resolve_base
+    path = _resolve_base(base)
+    if path.is_dir():
+        te = path / "text_encoder" / "config.json"
+        hidden = json.loads(te.read_text()).get("hidden_size", 768) if te.is_file() else 768
+        family = "sdxl" if (path / "text_encoder_2").is_dir() else ("sd2" if hidden == 1024 else "sd1")
+    else:
+        family = _family_from_keys(_read_single_file_keys(path))
+    if config and str(config).startswith(("sd2", "sdxl")):
+        family = str(config).split("-")[0]
+    if family != "sd1":
+        raise _family_error(family)
 
 
 def export_checkpoint(components: SDComponents, folder: Path, name: str, metadata: dict | None = None,

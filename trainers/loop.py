@@ -337,6 +337,7 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     ck = latest_checkpoint(run_dir) if resume else None
     if ck is not None:
         start_step = load_checkpoint(ck, components, optimizer, lr_sched, generator, objective)
+        trainer.step = start_step   # objectives that act every K steps count from here
         rank_rng = ck.parent / f"rng_rank{rank}_step_{start_step:07d}.pt"
         if rank > 0 and rank_rng.is_file():
             generator.set_state(torch.load(rank_rng, weights_only=True))

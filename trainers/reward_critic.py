@@ -300,9 +300,10 @@ class RewardCriticConfig:
             raise ValueError("All reward weights are 0: give at least one reward a positive weight.")
         if self.target not in TARGETS:
             raise ValueError(f"Unknown critic target {self.target!r}: choose {' or '.join(TARGETS)}.")
-        for k in ("every", "iters", "capacity", "minibatch", "td_hop"):
+        for k, what in (("every", "critic update interval (every)"), ("iters", "iters"), ("capacity", "capacity"),
+                        ("minibatch", "minibatch"), ("td_hop", "td_hop")):
             if int(getattr(self, k)) < 1:
-                raise ValueError(f"reward critic: {k} must be >= 1 (got {getattr(self, k)}).")
+                raise ValueError(f"reward critic: the {what} must be >= 1 (got {getattr(self, k)}).")
         if int(self.warmup) < 0 or not (0 < float(self.lr) < math.inf):
             raise ValueError(f"reward critic: warmup must be >= 0 and lr a finite number > 0 "
                              f"(got {self.warmup}, {self.lr}).")
