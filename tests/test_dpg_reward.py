@@ -64,6 +64,8 @@ def test_reward_critic_raises_a_reward_the_no_reward_run_does_not(tiny, tmp_path
     assert len(rows) == steps and obj.reward.rounds == steps
     critic_loss = fifths([float(r["critic_loss"]) for r in rows])
     reward = fifths([float(r["reward_brightness"]) for r in rows])
+    print(f"\ncritic loss by fifth {[round(v, 3) for v in critic_loss]}; scored x̂0 reward by fifth "
+          f"{[round(v, 3) for v in reward]}; samples: reward run {rewarded:.3f}, no-reward run {plain:.3f}")
     assert critic_loss[-1] < 0.5 * critic_loss[0], critic_loss
     assert reward[-1] > reward[0] + 0.015 and reward[-1] > reward[2], reward
     assert rewarded > plain + 0.02, (rewarded, plain)
