@@ -70,3 +70,21 @@ def make_image_batch(b: int = 2, h: int = 48, w: int = 64, c: int = 3, seed: int
 @pytest.fixture
 def image_batch():
     return make_image_batch
+
+
+@pytest.fixture
+def interrupted_then_resumed():
+    """``interrupted_then_resumed(run, at)``: ``run(progress)`` stopped by an interrupt after step ``at``, then
+    ``run(None)`` again (it resumes); returns the second call's result."""
+    from rewardloop import bridge
+
+    def go(run, at: int):
+        def stop(info):
+            if info["step"] == at:
+                bridge.request_interrupt()
+
+        with pytest.raises(bridge.Interrupted):
+            run(stop)
+        return run(None)
+
+    return go

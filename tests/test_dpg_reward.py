@@ -75,7 +75,7 @@ def test_reward_critic_raises_a_reward_the_no_reward_run_does_not(tiny, tmp_path
 
 
 # ---------------------------------------------------------------- resume
-def test_reward_critic_run_resumes_bit_identically(tiny, tmp_path):
+def test_reward_critic_run_resumes_bit_identically(tiny, tmp_path, interrupted_then_resumed):
     """Interrupted at step 3 and resumed == uninterrupted: LoRA, critic, its optimizer, the reward cache (td
     target with next states, DINO through the critic next to a scorer), the log."""
     tiny("tiny-dino")
@@ -92,14 +92,7 @@ def test_reward_critic_run_resumes_bit_identically(tiny, tmp_path):
         return res, obj
 
     full, obj_full = run(tmp_path / "a")
-
-    def stop(info):
-        if info["step"] == 3:
-            bridge.request_interrupt()
-
-    with pytest.raises(bridge.Interrupted):
-        run(tmp_path / "b", stop)
-    res, obj = run(tmp_path / "b")
+    res, obj = interrupted_then_resumed(lambda progress: run(tmp_path / "b", progress), at=3)
     assert res.steps_done == 5
     for k in full.state:
         assert torch.equal(full.state[k], res.state[k]), k
@@ -209,7 +202,7 @@ def test_paper_preset_fine_tunes_every_weight_and_exports_a_checkpoint(tiny, out
         assert f.metadata()["objective"] == "dpg:look_forward" and f.metadata()["preset"] == "paper"
 
 
-def test_full_fine_tuning_resumes_exactly(tiny, tmp_path):
+def test_full_fine_tuning_resumes_exactly(tiny, tmp_path, interrupted_then_resumed):
     data = [(im, PROMPT) for im in refs(2)]
     tcfg = L.TrainConfig(steps=3, lr=1e-4, resolution=16, save_every=1, seed=1)
 
@@ -220,14 +213,7 @@ def test_full_fine_tuning_resumes_exactly(tiny, tmp_path):
         return comps
 
     full = run(tmp_path / "a")
-
-    def stop(info):
-        if info["step"] == 2:
-            bridge.request_interrupt()
-
-    with pytest.raises(bridge.Interrupted):
-        run(tmp_path / "b", stop)
-    resumed = run(tmp_path / "b")
+    resumed = interrupted_then_resumed(lambda progress: run(tmp_path / "b", progress), at=2)
     for a, b in ((full.unet, resumed.unet), (full.text_encoder, resumed.text_encoder)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

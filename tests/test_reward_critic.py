@@ -71,7 +71,7 @@ def test_td_regression_converges_to_the_chain_returns():
                                minibatch=3, iters=1, lr=1e-2, reference=False)
     term = R.RewardCriticTerm(cfg, sources=[R.ScorerSource(cfg.rewards[0], FunctionScorer(["chain"], None))])
     term.setup(4, "cpu", seed=0)
-    term.cache.push(x0_hat=states, t=torch.tensor([2.0, 1.0, 0.0]), ref=states[:, :0],
+    term.cache.push(x0_hat=states, t=torch.tensor([2.0, 1.0, 0.0]),
                     reward=torch.tensor([[1.0], [2.0], [4.0]]),
                     next_x0_hat=torch.stack([states[1], states[2], states[2]]),
                     next_t=torch.tensor([1.0, 0.0, -1.0]))
@@ -147,8 +147,7 @@ def test_actor_weights_rewards_like_assemble_and_discounts():
     x = torch.zeros(2, 4, 8, 8, requires_grad=True)
     loss, m = term.actor(x, torch.tensor([0.0, 10.0]), torch.tensor([1.0, 0.5]))
     assert float(loss) == 0.0 and m == {"reward_q": 0.0}             # not active before the first update
-    term.cache.push(x0_hat=x.detach(), t=torch.zeros(2), ref=x.detach()[:, :0], reward=torch.ones(2, 2),
-                    next_x0_hat=x.detach()[:, :0], next_t=-torch.ones(2))
+    term.cache.push(x0_hat=x.detach(), t=torch.zeros(2), reward=torch.ones(2, 2))
     term.updates = 1
     with torch.no_grad():   # Q_a ≡ 1, Q_b ≡ 5 (z-units)
         term.critic.head.weight.zero_()

@@ -233,9 +233,10 @@ def chain_returns(rewards: Sequence[float], timesteps: Sequence[int], gamma: flo
 
 # ====================================================================== the reward cache
 class RewardCache:
-    """Ring buffer of scored look-forward samples (CPU, fp32); checkpointed with the run."""
+    """Ring buffer of scored look-forward samples (CPU, fp32); checkpointed with the run.
 
-    FIELDS = ("x0_hat", "t", "ref", "reward", "next_x0_hat", "next_t")
+    Fields: ``x0_hat``, ``t``, ``reward`` (raw, oriented), and ``ref`` (reference latent, when the critic takes it),
+    ``next_x0_hat`` / ``next_t`` (td target)."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = int(capacity)
@@ -385,8 +386,7 @@ class RewardCriticTerm:
               ) -> None:
         """Keep this step's samples for scoring after the optimizer step. ``next_state()`` (td target) returns
         (x̂0 at t', t') for the same samples, t' < 0 where the chain ends."""
-        ref = ref.detach().float() if self.cfg.uses_reference else ref.detach().float()[:, :0]
-        self._stash.append({"x0_hat": x0_hat.detach().float(), "t": t.detach().float(), "ref": ref,
+        self._stash.append({"x0_hat": x0_hat.detach().float(), "t": t.detach().float(), "ref": ref.detach().float(),
                             "prompts": list(prompts), "ref_index": ref_index.detach(), "next_state": next_state})
 
     def _score(self, decode: Callable[[torch.Tensor], torch.Tensor], gather: Callable | None) -> dict:
@@ -397,13 +397,13 @@ class RewardCriticTerm:
             sb = ScoringBatch(decode(x0_hat).float(), [p for s in items for p in s["prompts"]],
                               torch.cat([s["ref_index"] for s in items]))
             reward = torch.cat([src(sb) for src in self.sources], 1).float()
+            new = {"x0_hat": x0_hat, "t": torch.cat([s["t"] for s in items]), "reward": reward}
+            if self.cfg.uses_reference:
+                new["ref"] = torch.cat([s["ref"] for s in items])
             if self.cfg.target == "td":
                 nxt = [s["next_state"]() for s in items]
-                next_x0, next_t = torch.cat([n[0] for n in nxt]).float(), torch.cat([n[1] for n in nxt]).float()
-            else:
-                next_x0, next_t = x0_hat[:, :0], torch.full_like(x0_hat[:, 0, 0, 0], -1.0)
-        new = {"x0_hat": x0_hat, "t": torch.cat([s["t"] for s in items]), "ref": torch.cat([s["ref"] for s in items]),
-               "reward": reward, "next_x0_hat": next_x0, "next_t": next_t}
+                new["next_x0_hat"] = torch.cat([n[0] for n in nxt]).float()
+                new["next_t"] = torch.cat([n[1] for n in nxt]).float()
         if gather is not None:  # several processes: every process caches everyone's samples (one critic)
             new = {k: gather(v.contiguous()) for k, v in new.items()}
         ok = torch.isfinite(new["reward"]).all(1)
