@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Iterable
@@ -193,7 +194,9 @@ class Progress:
         if console and os.environ.get("REWARDLOOP_NO_TQDM") != "1":
             try:
                 from tqdm.auto import tqdm
-                self._tqdm = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+                # stderr, and only on a terminal (disable=None): bars never mix into piped tables or logs
+                self._tqdm = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                                  disable=None)
             except Exception:
                 self._tqdm = None
 

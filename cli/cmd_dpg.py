@@ -99,8 +99,12 @@ def reward_config(args):
     """``--reward`` & co. → a RewardCriticConfig (None without rewards); one error line for a bad item."""
     from ..rewards.scoring import parse_model_options
     from ..trainers import reward_critic as RC
+    from ..rewards.scoring import check_scorers
     specs = RC.parse_reward_specs(args.reward)
     models = parse_model_options(args.reward_model)
+    named = list(dict.fromkeys(s.name for s in specs if s.name != RC.DINO))
+    if named:   # names, model roles and the models' files, before anything loads
+        check_scorers(named, models)
     if not specs:
         if models or args.critic_target != "regression" or args.critic_every != 1:
             raise ValueError("--reward-model / --critic-* need --reward NAME[:WEIGHT] (e.g. --reward pickscore).")

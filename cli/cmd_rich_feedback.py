@@ -68,12 +68,24 @@ def _default_out_dir() -> Path:
 
 
 def cmd_convert(args) -> int:
+    from ..errors import UserError
     from ..fileio import safe_output_path
     from ..rewards.rich_feedback.convert import convert_checkpoint
-    try:
-        out = safe_output_path(args.out_dir or _default_out_dir(), args.name, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise ValueError(str(e)) from None
+    from ..weights.safe_load import check_model_files
+    from ._checks import check_int, check_out_dir
+    src = Path(args.src)
+    if not src.is_file():
+        raise UserError(f"{src} {'is not a file' if src.exists() else 'does not exist'}: give the RichHF checkpoint "
+                        "file (model.pt).")
+    check_model_files(src)  # a code-carrying pickle or a damaged file is refused before anything loads
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        raise UserError(f"--tokenizer {args.tokenizer} is not a folder: give the t5-base tokenizer folder.")
+    if args.vit_heads is not None:
+        check_int("--vit-heads", args.vit_heads, 1, 1024)
+    if args.out_dir:
+        check_out_dir(args.out_dir, overwrite=True, flag="--out-dir")
+    out = safe_output_path(args.out_dir or _default_out_dir(), args.name, overwrite=args.overwrite)
+    check_out_dir(str(out), overwrite=True, flag="--name")
     rep = convert_checkpoint(args.src, out, tokenizer=args.tokenizer, vit_heads=args.vit_heads,
                              overwrite=args.overwrite)
     cfg = rep["config"]

@@ -230,7 +230,7 @@ def _bad_cases(subject, tmp_path):
         return args
     return {
         "missing refs": (with_(refs=str(tmp_path / "nowhere")), "does not exist"),
-        "unreadable image": (with_(refs=str(bad_png.parent)), "cannot be read"),
+        "unreadable image": (with_(refs=str(bad_png.parent)), "x.png is not an image file"),
         "bad class": (with_(**{"class": "d0g!"}), "not a class noun"),
         "unknown dino": (with_(dino="no-such-dino"), "no-such-dino"),
         "unknown clip": (with_(clip="no-such-clip"), "no-such-clip"),

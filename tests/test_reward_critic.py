@@ -22,6 +22,11 @@ def test_reward_specs_parse_and_refuse_bad_items_in_one_line():
         R.parse_reward_specs(["caption:x"])
     with pytest.raises(ValueError, match="finite and >= 0"):
         R.parse_reward_specs(["caption:-1"])
+    with pytest.raises(ValueError, match=r"reward rich has no output 'overal'; it gives plausibility"):
+        R.parse_reward_specs(["rich.overal"])
+    with pytest.raises(ValueError, match="named twice"):
+        R.parse_reward_specs(["rich", "rich.overall"])
+    assert len(R.parse_reward_specs(["rich.overall", "rich.alignment:0.5"])) == 2
     with pytest.raises(ValueError, match="at least one reward"):
         R.RewardCriticConfig().validate()
     with pytest.raises(ValueError, match="critic target"):

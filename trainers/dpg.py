@@ -370,17 +370,25 @@ def class_images(components: L.SDComponents, class_prompt: str, n: int, cache_di
                 p.unlink()
     atomic_write_text(mf, json.dumps(manifest))
     out = []
-    for i in range(int(n)):
-        p = cache_dir / f"class_{i:04d}.png"
-        if not p.is_file():
-            bridge.check_interrupt()
-            img = L.generate(components, [class_prompt], [int(seed) * 1000 + i], steps=steps, cfg=cfg,
-                             width=resolution, height=resolution, negative=negative)[0]
-            atomic_save(p, lambda tmp, im=img: im.save(tmp, format="PNG"))
-            if progress is not None:
-                progress(i + 1, n)
-        with Image.open(p) as im:
-            out.append((im.convert("RGB"), class_prompt))
+    todo = sum(not (cache_dir / f"class_{i:04d}.png").is_file() for i in range(int(n)))
+    bar = bridge.Progress(todo, "class images") if todo and progress is None else None  # a long wait: show it
+    try:
+        for i in range(int(n)):
+            p = cache_dir / f"class_{i:04d}.png"
+            if not p.is_file():
+                bridge.check_interrupt()
+                img = L.generate(components, [class_prompt], [int(seed) * 1000 + i], steps=steps, cfg=cfg,
+                                 width=resolution, height=resolution, negative=negative)[0]
+                atomic_save(p, lambda tmp, im=img: im.save(tmp, format="PNG"))
+                if progress is not None:
+                    progress(i + 1, n)
+                if bar is not None:
+                    bar.update(1)
+            with Image.open(p) as im:
+                out.append((im.convert("RGB"), class_prompt))
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

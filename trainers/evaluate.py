@@ -21,7 +21,7 @@ from typing import Sequence
 from PIL import Image
 
 from ..rewards.dreambench import EvalPrompt, build_prompts, check_identifier, resolve_class, subject_kind
-from ..rewards.images import to_rgb
+from ..rewards.images import open_image, to_rgb
 from ..rewards.personalization import DEFAULT_CLIP, DEFAULT_DINO, PersonalizationScorer, PersonalizationScores
 
 LORA_SUFFIXES = (".safetensors",)
@@ -129,15 +129,7 @@ def read_references(refs: Sequence) -> tuple[list[Image.Image], list[str]]:
             names.append(f"image {len(names)}")
             continue
         p = Path(r)
-        if not p.is_file():
-            raise FileNotFoundError(f"Reference image {p} does not exist.")
-        try:
-            with Image.open(p) as im:
-                im.load()
-                images.append(to_rgb(im.copy()))
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"Reference image {p} cannot be read ({type(e).__name__}: {e}): remove or replace it.") \
-                from None
+        images.append(open_image(p))  # the shared checks: missing, not an image, truncated, decompression bomb
         names.append(str(p))
     return images, names
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..fileio import atomic_save, safe_output_path
 from .base_model import SDComponents
 
@@ -56,8 +57,8 @@ def memory_estimate(components: SDComponents, train_text_encoder: bool = True) -
     return {"params": float(n), "static_gib": n * BYTES_PER_PARAM / 2 ** 30}
 
 
-def _family_error(family: str) -> ValueError:
-    return ValueError(f"The paper preset exports SD 1.x checkpoints (the paper's base is SD 1.4); this base is "
+def _family_error(family: str) -> UserError:
+    return UserError(f"The paper preset exports SD 1.x checkpoints (the paper's base is SD 1.4); this base is "
                       f"{family.upper()}: use a LoRA preset (8GB / 12GB / 24GB).")
 
 

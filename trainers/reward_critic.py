@@ -36,10 +36,10 @@ Costs: ``reward_s`` (decode + score + TD next state) and ``critic_s`` (critic re
 the run's ``log.csv``, beside ``reward_<name>`` (mean raw reward of the samples scored that step) and
 ``critic_loss``.
 
-:class:`RewardCritic` has 102,017 parameters (0.10M; the paper's critic has 0.26M) for one reward on 4-channel
-latents with reference conditioning, 100,865 without, at any latent size (:func:`parameter_count`): three 3×3
-convs (32, 32, 64 channels, the last two stride 2), a 4×4 adaptive average pool, a 1024 → 64 projection, a
-sinusoidal timestep embedding added to it, and a 64 → 64 → K head.
+:class:`RewardCritic` (:func:`parameter_count`) has 100,865 parameters (0.10M; the paper's critic has 0.26M) for
+one reward on 4-channel latents, 102,017 when it also takes the reference latent (the dino reward), at any latent
+size: three 3×3 convs (32, 32, 64 channels, the last two stride 2), a 4×4 adaptive average pool, a 1024 → 64
+projection, a sinusoidal timestep embedding added to it, and a 64 → 64 → K head.
 """
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import UserError
 
 TARGETS = ("regression", "td")
 DINO = "dino"  # the DINO-similarity reward (needs the reference images), next to the scorer registry's names
@@ -77,6 +79,7 @@ def known_rewards() -> list[str]:
 
 def parse_reward_specs(items: Sequence[str] | None) -> list[RewardSpec]:
     """``["pickscore:0.5", "dino", "rich.overall:2"]`` → specs; one clear error for a bad item, before any load."""
+    from ..rewards.scoring import score_names
     out = []
     known = known_rewards()
     for item in items or []:
@@ -85,15 +88,21 @@ def parse_reward_specs(items: Sequence[str] | None) -> list[RewardSpec]:
         name = name.strip()
         base, _, output = name.partition(".")
         if base not in known:
-            raise ValueError(f"Unknown reward {base!r} in --reward {text!r}: choose from {', '.join(known)} "
+            raise UserError(f"Unknown reward {base!r} in --reward {text!r}: choose from {', '.join(known)} "
                              f"(NAME[.OUTPUT][:WEIGHT], e.g. pickscore:0.5).")
         try:
             weight = float(w) if w.strip() else 1.0
         except ValueError:
-            raise ValueError(f"--reward {text!r}: the weight after ':' must be a number (e.g. {base}:0.5).") from None
+            raise UserError(f"--reward {text!r}: the weight after ':' must be a number (e.g. {base}:0.5).") from None
         if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"--reward {text!r}: the weight must be finite and >= 0.")
-        out.append(RewardSpec(base, weight, output.strip() or None))
+            raise UserError(f"--reward {text!r}: the weight must be finite and >= 0.")
+        spec = RewardSpec(base, weight, output.strip() or None)
+        if spec.output and base != DINO and spec.output not in score_names(base):
+            raise UserError(f"--reward {text!r}: reward {base} has no output {spec.output!r}; it gives "
+                            f"{', '.join(score_names(base))}.")
+        if any(s.label == spec.label or (s.name == base and not (s.output and spec.output)) for s in out):
+            raise UserError(f"--reward {text!r}: reward {spec.label} is named twice: name each reward once.")
+        out.append(spec)
     return out
 
 
@@ -126,7 +135,7 @@ class ScorerSource:
         names = list(getattr(scorer, "names", []) or [spec.name])
         if spec.output is not None:
             if spec.output not in names:
-                raise ValueError(f"Reward {spec.name!r} has no output {spec.output!r}: it gives {', '.join(names)}.")
+                raise UserError(f"Reward {spec.name!r} has no output {spec.output!r}: it gives {', '.join(names)}.")
             names = [spec.output]
         self.names = names
 
@@ -135,7 +144,7 @@ class ScorerSource:
         cols = []
         for n in self.names:
             if n not in got:
-                raise ValueError(f"Reward {self.spec.name!r} did not return {n!r} (it returned {', '.join(got)}).")
+                raise UserError(f"Reward {self.spec.name!r} did not return {n!r} (it returned {', '.join(got)}).")
             cols.append(torch.tensor(got[n].oriented(), dtype=torch.float64))
         return torch.stack(cols, 1)
 
@@ -155,7 +164,7 @@ class DinoSource:
 
     def __call__(self, sb: ScoringBatch) -> torch.Tensor:
         if self.features is None or self.ref_feats is None:
-            raise ValueError("The dino reward has no reference features: the trainer did not set them up.")
+            raise UserError("The dino reward has no reference features: the trainer did not set them up.")
         f = self.features(sb.pixels)
         ref = self.ref_feats[sb.ref_index.to(self.ref_feats.device)].to(f.device)
         return F.cosine_similarity(f.float(), ref.float(), dim=-1).double().cpu()[:, None]
@@ -194,7 +203,7 @@ class RewardCritic(torch.nn.Module):
         x = x0_hat.float()
         if self.reference:
             if ref is None:
-                raise ValueError("this critic is conditioned on the reference latent: pass ref")
+                raise UserError("this critic is conditioned on the reference latent: pass ref")
             x = torch.cat([x, ref.float().to(x.device)], 1)
         h = F.silu(self.conv1(x))
         h = F.silu(self.conv2(h))
@@ -293,23 +302,23 @@ class RewardCriticConfig:
 
     def validate(self) -> None:
         if not self.rewards:
-            raise ValueError("The reward critic needs at least one reward (e.g. --reward pickscore).")
+            raise UserError("The reward critic needs at least one reward (e.g. --reward pickscore).")
         for s in self.rewards:
             if not math.isfinite(float(s.weight)) or s.weight < 0:
-                raise ValueError(f"Reward {s.label!r}: weight must be finite and >= 0 (got {s.weight}).")
+                raise UserError(f"Reward {s.label!r}: weight must be finite and >= 0 (got {s.weight}).")
         if sum(float(s.weight) for s in self.rewards) <= 0:
-            raise ValueError("All reward weights are 0: give at least one reward a positive weight.")
+            raise UserError("All reward weights are 0: give at least one reward a positive weight.")
         if self.target not in TARGETS:
-            raise ValueError(f"Unknown critic target {self.target!r}: choose {' or '.join(TARGETS)}.")
+            raise UserError(f"Unknown critic target {self.target!r}: choose {' or '.join(TARGETS)}.")
         for k, what in (("every", "critic update interval (every)"), ("iters", "iters"), ("capacity", "capacity"),
                         ("minibatch", "minibatch"), ("td_hop", "td_hop")):
             if int(getattr(self, k)) < 1:
-                raise ValueError(f"reward critic: the {what} must be >= 1 (got {getattr(self, k)}).")
+                raise UserError(f"reward critic: the {what} must be >= 1 (got {getattr(self, k)}).")
         if int(self.warmup) < 0 or not (0 < float(self.lr) < math.inf):
-            raise ValueError(f"reward critic: warmup must be >= 0 and lr a finite number > 0 "
+            raise UserError(f"reward critic: warmup must be >= 0 and lr a finite number > 0 "
                              f"(got {self.warmup}, {self.lr}).")
         if self.gamma is not None and not (0 < float(self.gamma) <= 1):
-            raise ValueError(f"reward critic: gamma must be in (0, 1] (got {self.gamma}).")
+            raise UserError(f"reward critic: gamma must be in (0, 1] (got {self.gamma}).")
 
     @property
     def uses_reference(self) -> bool:
@@ -349,7 +358,7 @@ class RewardCriticTerm:
 
     def setup(self, channels: int, device, seed: int) -> None:
         if self.sources is None:
-            raise ValueError("reward critic: call build_sources first")
+            raise UserError("reward critic: call build_sources first")
         if self.critic is None:
             g = torch.random.get_rng_state()
             torch.manual_seed(int(seed) + 2)
@@ -503,14 +512,15 @@ def build_sources(specs: list[RewardSpec], models: dict[str, str] | None = None,
     ``score --model``; loaded now, before the base model), ready scorer objects as they are, and ``dino`` as a
     :class:`DinoSource` whose features the trainer sets."""
     from ..rewards.scoring import make_scorer
-    out = []
+    out, loaded = [], {}
     for s in specs:
         if s.scorer is not None:
             out.append(ScorerSource(s, s.scorer))
         elif s.name == DINO:
             out.append(DinoSource(s))
-        else:
-            kw = {} if device is None else {"device": device}
-            out.append(ScorerSource(s, make_scorer(s.name, models=models, **kw)))
+        else:   # rich.overall and rich.alignment share one scorer
+            if s.name not in loaded:
+                loaded[s.name] = make_scorer(s.name, models=models, **({} if device is None else {"device": device}))
+            out.append(ScorerSource(s, loaded[s.name]))
     return out
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import bridge
 from ..fileio import atomic_save
 from .base_model import SDComponents
 from .checkpoints import read_log
@@ -79,8 +80,12 @@ def save_samples(components, prompts, seed: int, steps: int, cfg: float, resolut
                  stem: str) -> tuple[list, list[Path]]:
     """Generate one image per prompt (seeds ``seed, seed+1, …``) and save them atomically as ``stem_<i>.png``."""
     prompts = list(prompts)
-    imgs = generate(components, prompts, [int(seed) + i for i in range(len(prompts))], steps=int(steps),
-                    cfg=float(cfg), width=int(resolution), height=int(resolution))
+    imgs = []
+    with bridge.Progress(len(prompts), "sample images") as bar:  # a long wait on a CPU: show it
+        for i, prompt in enumerate(prompts):
+            imgs += generate(components, [prompt], [int(seed) + i], steps=int(steps), cfg=float(cfg),
+                             width=int(resolution), height=int(resolution))
+            bar.update(1)
     out = []
     for i, img in enumerate(imgs):
         p = Path(folder) / f"{stem}_{i}.png"

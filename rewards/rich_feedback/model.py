@@ -374,8 +374,7 @@ def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     tok_dir = folder / TOKENIZER_DIR if (folder / TOKENIZER_DIR).is_dir() else folder
     tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     if "NC" in (cfg.license or "") or "non-commercial" in (cfg.license or "").lower():
-        log.warning(NC_LICENSE_NOTE)
-        print(NC_LICENSE_NOTE)
+        log.warning(NC_LICENSE_NOTE)  # stderr: stdout stays machine-readable (score --json)
     return model.to(device=device, dtype=dtype).eval(), tok, cfg
 
 
