@@ -268,6 +268,8 @@ def folder_search_paths(folder: str) -> list[Path]:
     """Where files of ``folder`` are looked for, in order: ComfyUI, REWARDLOOP_MODELS, the pack."""
     paths = comfy_folder_paths(folder)
     paths += [root / folder for root in models_roots()]
+    if folder == "loras" and not paths:
+        paths.append(loras_dir())          # LoRAs trained outside ComfyUI
     paths.append(pack_models_dir() / folder)
     seen, out = set(), []
     for p in paths:
@@ -295,10 +297,12 @@ def list_folder(folder: str, exts: Iterable[str] | None = None, dirs: bool = Tru
 
 
 def output_dir() -> Path:
+    """Where outputs go: ComfyUI's output folder, else ``REWARDLOOP_OUTPUT``, else ``./output`` (never the pack)."""
     fp = _folder_paths()
     if fp is not None:
         return Path(fp.get_output_directory())
-    return Path(os.environ.get("REWARDLOOP_OUTPUT", Path.cwd() / "output"))
+    env = os.environ.get("REWARDLOOP_OUTPUT")
+    return Path(env).expanduser() if env else Path.cwd() / "output"
 
 
 def temp_dir() -> Path:
@@ -310,17 +314,18 @@ def temp_dir() -> Path:
 
 
 def loras_dir() -> Path:
-    """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the pack's."""
+    """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the first ``REWARDLOOP_MODELS``
+    root's ``loras``, else ``<output>/loras`` (:func:`output_dir`), never the installed pack's folder."""
     return model_output_dir("loras")
 
 
 def model_output_dir(folder: str) -> Path:
     """Where trained models of ``folder`` (loras, checkpoints) are written: ComfyUI's first such folder, else the
-    first REWARDLOOP_MODELS root's, else the pack's."""
+    first ``REWARDLOOP_MODELS`` root's, else ``<output>/<folder>``, never the installed pack's folder."""
     paths = comfy_folder_paths(folder)
     if paths:
         return paths[0]
     roots = models_roots()
     if roots:
         return roots[0] / folder
-    return pack_models_dir() / folder
+    return output_dir() / folder

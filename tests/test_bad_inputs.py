@@ -4,8 +4,7 @@ traceback, loads no model, and leaves every folder it was given unchanged (hashe
 The files are generated here (truncated PNG, text named .png, 0-byte file, a 14k×14k PNG header, corrupt
 safetensors, pickles that would run code, malformed TFRecords, bad prompt files, broken and looping symlinks,
 names longer than the file system allows). Cases run in-process through ``cli.main`` (fast); a few run as real
-``python -m rewardloop`` subprocesses. Cases of the training commands whose up-front checks belong to the
-training work are marked ``xfail(reason="needs trainhard")`` until that work is merged.
+``python -m rewardloop`` subprocesses. The training commands' cases run the same way.
 """
 from __future__ import annotations
 
@@ -108,6 +107,8 @@ def corpus(tmp_path_factory, tiny, models_root):
     (root / "prompts_bad.json").write_text("{ not json")
     (root / "prompts_keys.json").write_text(json.dumps({"images": []}))
     (root / "prompts_dir").mkdir()
+    (root / "prompts_ok.txt").write_text("a cat\na dog\n")
+    c["prompts_ok"] = root / "prompts_ok.txt"
     for k in ("binary", "comments"):
         c[f"prompts_{k}"] = root / f"prompts_{k}.txt"
     c["prompts_bad_json"], c["prompts_keys_json"] = root / "prompts_bad.json", root / "prompts_keys.json"
@@ -207,11 +208,8 @@ RANKED = ["train-ranked", "--base", "tiny-sd", "--rewards", "caption", *TINY_CAP
 RFT = ["train-rich-feedback", "--init", "tiny-rahf", "--steps", "1", "--batch-size", "1", "--cpu"]
 EVAL = ["eval-rich-feedback", "--model", "tiny-rahf", "--device", "cpu"]
 
-TRAINHARD = pytest.mark.xfail(reason="needs trainhard", strict=False)
-
-
-def _th(name, argv, expect, marks=TRAINHARD):
-    """A case of a training command whose up-front check is the training work's (xfail until it is merged)."""
+def _th(name, argv, expect, marks=()):
+    """A case of a training command (its up-front checks live in trainers/ and the training CLIs)."""
     return pytest.param(name, argv, expect, id=name, marks=marks)
 
 
@@ -380,13 +378,13 @@ CASES = [
      "not valid JSON"),
     ("train-ranked-json-keys", [*RANKED, "--prompts", "{prompts_keys_json}", "--out", "corpus_ranked"],
      "MS-COCO"),
-    _th("train-ranked-negative-steps", [*RANKED, "--prompts", "{prompts_keys_json}", "--steps", "-2",
+    _th("train-ranked-negative-steps", [*RANKED, "--prompts", "{prompts_ok}", "--steps", "-2",
                                                  "--out", "corpus_ranked"], "steps"),
-    _th("train-ranked-unknown-reward", ["train-ranked", "--base", "tiny-sd", "--prompts", "{good}",
+    _th("train-ranked-unknown-reward", ["train-ranked", "--base", "tiny-sd", "--prompts", "{prompts_ok}",
                                                  "--rewards", "caption,nosuch", "--out", "corpus_ranked"], "nosuch"),
-    _th("train-ranked-unknown-role", [*RANKED, "--model", "nosuch=x", "--prompts", "{good}", "--out",
+    _th("train-ranked-unknown-role", [*RANKED, "--model", "nosuch=x", "--prompts", "{prompts_ok}", "--out",
                                                "corpus_ranked"], "nosuch"),
-    _th("train-ranked-250-char-name", [*RANKED, "--prompts", "{good}", "--out", "r" * 250], "name"),
+    _th("train-ranked-250-char-name", [*RANKED, "--prompts", "{prompts_ok}", "--out", "r" * 250], "name"),
     ("train-rich-feedback-missing-data", [*RFT, "--train", "{missing}", "--out", "{out}"], "does not exist"),
     ("train-rich-feedback-garbage", [*RFT, "--train", "{tf_garbage}", "--images", "{tf_images}", "--out", "{out}"],
      "TFRecord"),
@@ -411,7 +409,6 @@ CASES = [
                                                       "{tf_garbage}"], "no-such-rahf"),
 ]
 
-# training cases may load a model before their own checks are in place (that is what "needs trainhard" fixes)
 LOADS_ALLOWED = {"download-offline"}
 
 

@@ -6,6 +6,7 @@ code really produces here: the triggers below cause each error and collect its t
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -92,7 +93,46 @@ def produced(tmp_path, monkeypatch) -> list[str]:
     (tmp_path / "ranked" / "a.png").write_bytes(b"x")
     out.append(_message(lambda: check_out_dir("ranked", overwrite=False)))
     out.append(describe(TypeError("'NoneType' object is not subscriptable")))
+    out += _training_messages(tmp_path)
     Image.new("RGB", (2, 2)).save(tmp_path / "ok.png")
+    return out
+
+
+def _training_messages(tmp_path) -> list[str]:
+    """The training side's messages: run settings, the run lock, name length, resume refusals, bad records."""
+    from test_training_inputs import _good_example
+
+    from rewardloop.fileio import safe_output_path
+    from rewardloop.trainers import run_folder
+    from rewardloop.trainers import tfrecord as T
+    from rewardloop.trainers.rich_feedback import read_richhf
+    from rewardloop.weights.safe_load import load_training_state
+    out = []
+    run = tmp_path / "run"
+    run.mkdir()
+    run_folder.write_settings(run, "dpg", {"lora": {"rank": 2}})
+    out.append(_message(lambda: run_folder.check_settings(run, "dpg", {"lora": {"rank": 4}})))
+    fd = run_folder._acquire(run)
+    try:
+        out.append(_message(lambda: run_folder._acquire(run)))      # a second open file: the lock refuses it
+    finally:
+        os.close(fd)
+    out.append(_message(lambda: safe_output_path(tmp_path, "n" * 250, ".safetensors")))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+    torch.save({"x": Payload()}, tmp_path / "state.pt")
+    out.append(_message(lambda: load_training_state(tmp_path / "state.pt")))
+    (tmp_path / "cut").mkdir()
+    torch.save({"step": torch.zeros(1000)}, tmp_path / "cut" / "state.pt")
+    data = (tmp_path / "cut" / "state.pt").read_bytes()
+    (tmp_path / "cut" / "state.pt").write_bytes(data[: len(data) // 2])
+    out.append(_message(lambda: load_training_state(tmp_path / "cut" / "state.pt")))
+    ex = _good_example()
+    ex.pop("artifact_score")
+    (tmp_path / "bad.tfrecord").write_bytes(T.frame_record(T.encode_example(ex)))
+    out.append(_message(lambda: read_richhf(tmp_path / "bad.tfrecord")))
     return out
 
 

@@ -165,9 +165,13 @@ def _finish(comps: SDComponents, dtype, device) -> SDComponents:
 
 def _read_single_file_keys(path: Path) -> list[str]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            return list(f.keys())
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), "pt") as f:
+                return list(f.keys())
+        except SafetensorError as e:
+            raise ValueError(f"{path.name} is not a readable .safetensors checkpoint ({_first_line(e)}): download "
+                             "it again.") from None
     from ..weights.safe_load import load_state_dict
     sd = load_state_dict(path)
     sd = sd.get("state_dict", sd)
@@ -207,9 +211,13 @@ def _config_hint(path: Path) -> str | None:
     """A checkpoint may name its diffusers config in its metadata (the tiny test checkpoints do)."""
     if path.suffix.lower() != ".safetensors":
         return None
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{path.name} is not a readable .safetensors checkpoint ({_first_line(e)}): download it "
+                         "again.") from None
     return meta.get("rewardloop.diffusers_config")
 
 
@@ -264,11 +272,33 @@ def load_base(base: str | os.PathLike, dtype=None, device=None, config: str | os
     checkpoint; default: the bundled ``weights/configs/<sd1|sd2|sdxl>`` chosen from the checkpoint's keys
     (SD 2.x defaults to the 768-v model; pass ``config="sd2-base"`` for the 512 epsilon model).
     """
+    path = check_base(base)
+    from safetensors import SafetensorError
+    try:
+        if path.is_dir():
+            return _load_diffusers_folder(path, dtype, device)
+        return _load_single_file(path, dtype, device, config)
+    except FileNotFoundError:
+        raise                        # already says what is missing and how to get it
+    except (SafetensorError, OSError) as e:   # damaged weights, incomplete folders
+        raise ValueError(f"Could not load the base model {path}: {_first_line(e)}") from None
+
+
+def check_base(base: str | os.PathLike) -> Path:
+    """Where the base is, checked without loading it (a single file's header is read): one line when it is
+    missing, not a Stable Diffusion folder, not a checkpoint file or not a readable .safetensors."""
     path = _resolve_base(base)
     if path.is_dir():
         if not (path / "unet").is_dir():
             raise ValueError(f"{path} is not a diffusers Stable Diffusion folder (no unet/ sub-folder).")
-        return _load_diffusers_folder(path, dtype, device)
+        return path
     if path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".pth"):
         raise ValueError(f"{path.name}: single-file checkpoints must be .safetensors or .ckpt.")
-    return _load_single_file(path, dtype, device, config)
+    if path.suffix.lower() == ".safetensors":
+        _config_hint(path)            # reads (only) the header
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_save
+from ..fileio import atomic_folder, atomic_save, atomic_write, check_finite, clean_orphans_in
 from .base_model import SDComponents
 
 
@@ -63,22 +62,22 @@ def _save_rank_rng(run_dir: Path, step: int, generator: torch.Generator, rank: i
 
 def save_checkpoint(run_dir: Path, step: int, components, optimizer, lr_sched, generator, objective,
                     keep: int = 2) -> Path:
-    """Write ``checkpoints/step_<n>`` atomically (temp folder + rename): LoRA, optimizer, scheduler, RNG, step."""
+    """Write ``checkpoints/step_<n>`` atomically (temp folder + rename): LoRA, optimizer, scheduler, RNG, step.
+
+    Refuses (:class:`~..fileio.NonFiniteError`) to write NaN/inf weights, optimizer or objective state."""
     ck_root = run_dir / "checkpoints"
     ck_root.mkdir(parents=True, exist_ok=True)
     final = ck_root / f"step_{step:07d}"
-    tmp = ck_root / f".tmp_step_{step:07d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     params = {k: v.detach().cpu().clone() for k, v in _trainable_named(components).items()}
-    torch.save({"params": params, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                "rng": _rng_state(generator), "step": step,
-                "objective": objective.state_dict() if hasattr(objective, "state_dict") else {}},
-               tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    state = {"params": params, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+             "rng": _rng_state(generator), "step": step,
+             "objective": objective.state_dict() if hasattr(objective, "state_dict") else {}}
+    check_finite({"params": params, "optimizer": state["optimizer"], "objective": state["objective"]},
+                 f"the checkpoint of step {step}")
+    clean_orphans_in(ck_root)               # a checkpoint write killed half-way (another step's name)
+    with atomic_folder(final, overwrite=True) as tmp:
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
     done = sorted(p for p in ck_root.glob("step_*") if (p / "meta.json").is_file())
     for old in done[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -95,12 +94,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(ck: Path, components, optimizer, lr_sched, generator, objective) -> int:
-    st = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
+    from ..weights.safe_load import load_training_state
+    st = load_training_state(ck / "state.pt")
     named = _trainable_named(components)
     missing = set(named) ^ set(st["params"])
-    if missing:
+    wrong = [k for k in named if k in st["params"] and tuple(st["params"][k].shape) != tuple(named[k].shape)]
+    if missing or wrong:
         raise ValueError(f"Checkpoint {ck} does not match this LoRA setup (different rank/targets?): "
-                         f"{sorted(missing)[:3]}. Use a new run folder or the same settings.")
+                         f"{sorted(missing | set(wrong))[:3]}. Use a new run folder or the same settings.")
     with torch.no_grad():
         for k, p in named.items():
             p.copy_(st["params"][k].to(p.device, p.dtype))
@@ -131,3 +132,29 @@ def read_log(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the complete rows up to ``step`` (a run resumed from the checkpoint of ``step``)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, keep = rows[0], [rows[0]]
+    for r in rows[1:]:
+        try:
+            ok = len(r) == len(header) and int(r[0]) <= step
+        except ValueError:
+            ok = False
+        if ok:
+            keep.append(r)
+    if len(keep) == len(rows):
+        return
+    import io
+    buf = io.StringIO()
+    csv.writer(buf).writerows(keep)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue().encode("utf-8"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
 from . import reward_critic as RC
+from . import run_folder
 
 log = logging.getLogger("rewardloop")
 
@@ -109,6 +111,9 @@ class DPGWeights:
         return replace(w, **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> None:
+        for k in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
+            if not math.isfinite(float(getattr(self, k))):
+                raise ValueError(f"Loss weight {k} must be a finite number (got {getattr(self, k)}).")
         for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
             if getattr(self, k) < 0:
                 raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
@@ -183,6 +188,15 @@ class DPGObjective:
     @property
     def needs_pixels(self) -> bool:
         return False
+
+    def settings(self) -> dict:
+        """What a resumed run must share (see ``loop.run_settings``)."""
+        out = {"weights": asdict(self.w), "dino_model": self.dino_model if self.w.dino > 0 else None}
+        if self.reward is not None:
+            out["reward"] = self.reward.settings()
+            if any(s.name == RC.DINO for s in self.reward.cfg.rewards):
+                out["dino_model"] = self.dino_model
+        return out
 
     # -------------------------------------------------------------- setup (called by the core before step 1)
     def setup(self, trainer: L.Trainer) -> None:
@@ -456,10 +470,13 @@ class PersonalizeResult:
     run_dir: Path
 
 
+RUNS_SUBDIR = "rewardloop_runs"
+
+
 def run_dir_for(name: str) -> Path:
-    """Working folder of a named run (checkpoints, class images, log, plot, samples)."""
-    safe = safe_output_path(bridge.output_dir() / "rewardloop_runs", name, "", overwrite=True)
-    return safe
+    """Working folder of a named run (checkpoints, class images, log, plot, samples): ``<output>/rewardloop_runs/``
+    + the whole output name, sub-folders included (``dogs/rex`` and ``cats/rex`` are two runs)."""
+    return run_folder.run_dir_for(RUNS_SUBDIR, name)
 
 
 def personalize(base: str, references: list[Image.Image], trigger: str, class_prompt: str,
@@ -474,14 +491,28 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
                 reward: RC.RewardCriticConfig | None = None, reward_models: dict | None = None) -> PersonalizeResult:
     """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point).
 
+    Everything is checked before a model is loaded: the inputs, the output name, the model names and the run
+    folder (its lock and, when resuming, its settings). ``overwrite`` replaces an existing LoRA of that name and
+    starts the run afresh; ``resume`` (default) continues an interrupted run of the same name and settings.
     ``steps`` / ``lr`` default to the preset's (the ``paper`` preset: 1000, 1e-6, full fine-tuning exported to
     ``checkpoints``), else 500 / 1e-4. ``reward``: rewards through the learned critic (:mod:`.reward_critic`);
     its scorers load (``reward_models`` as ROLE → model) before the base model.
-
     Leaves ``torch.inference_mode`` (ComfyUI runs nodes inside it) for loading, training and export.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _personalize(**{k: v for k, v in locals().items()})
+
+
+def _check_model_names(base, config, weights: DPGWeights, dino_model: str,
+                       reward: RC.RewardCriticConfig | None = None) -> Path:
+    """Resolve every model the run will load (no loading): the base's path, or one line saying what is missing."""
+    base_path = L.check_base(base)
+    if config and not (L.CONFIG_DIR / str(config) / "model_index.json").is_file():
+        L._resolve_base(config)
+    if weights.dino > 0 or (reward is not None and any(s.name == RC.DINO for s in reward.rewards)):
+        from ..weights.registry import resolve
+        resolve(dino_model, folder="dino")
+    return base_path
 
 
 def _personalize(base, references, trigger, class_prompt, instance_prompt, out_name, overwrite, mode, weights, steps,
@@ -499,6 +530,12 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
     if trigger not in instance_prompt.split():
         raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    for what, value, low in (("num_class_images", num_class_images, 0), ("sample_every", sample_every, 0),
+                             ("save_every", save_every, 0), ("sample_steps", sample_steps, 1)):
+        if int(value) < low:
+            raise ValueError(f"{what} must be >= {low} (got {value}).")
+    if rank is not None and int(rank) < 1:
+        raise ValueError(f"LoRA rank must be >= 1 (got {rank}).")
     if preset not in (None, "", "auto") and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}: choose one of auto, {', '.join(PRESETS)}.")
     full = preset == "paper"
@@ -515,31 +552,14 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
         from .full_finetune import check_base_family
         check_base_family(base, config)
     steps, lr = int(steps or 500), float(lr or 1e-4)
-    reward_sources = None
     if reward is not None:
         reward.validate()
-        reward_sources = RC.build_sources(reward.rewards, models=reward_models, device=device)
     from accelerate import PartialState
     import os
     cpu = str(device or os.environ.get("REWARDLOOP_DEVICE", "")).startswith("cpu") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)  # under `accelerate launch`/torchrun: one process per GPU (or CPU worker)
     dev = torch.device(device) if device else (state.device if state.num_processes > 1 else bridge.get_device())
     pre = resolve_preset(preset, dev)
-    run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name)
-    bridge.free_memory(int(6 * 2 ** 30), dev)
-    comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
-    if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
-        comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
-    class_items = []
-    if num_class_images > 0 and weights.prior > 0:
-        def make_class():
-            return class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
-                                resolution=resolution, steps=sample_steps)
-        if state.is_main_process:  # generated once, by rank 0; the other processes read the cache
-            class_items = make_class()
-        state.wait_for_everyone()
-        if not state.is_main_process:
-            class_items = make_class()
     lcfg = L.LoraConfig(rank=int(rank or pre.rank or 1), train_text_encoder=pre.train_text_encoder, full=pre.full)
     samples = tuple(sample_prompts) if sample_prompts is not None else (
         instance_prompt, f"{instance_prompt} on the beach")
@@ -550,32 +570,56 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
                          center_crop=center_crop, sample_steps=sample_steps)
     if train_overrides:
         tcfg = replace(tcfg, **train_overrides)
+    tcfg.validate()
+    lcfg.validate()
+    base_path = _check_model_names(base, config, weights, dino_model, reward)
+    reward_sources = RC.build_sources(reward.rewards, models=reward_models, device=device) if reward else None
     objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing, reward=reward,
                              reward_sources=reward_sources)
     dataset = [(img, instance_prompt) for img in refs]
-    result = L.train_lora(comps, dataset, objective, lcfg, tcfg, run_dir, resume=resume, progress=progress,
-                          class_dataset=class_items or None)
-    meta = {"trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-            "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
-            "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
-            "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
-    if reward is not None:
-        meta["rewards"] = json.dumps({s.label: s.weight for s in reward.rewards})
-        meta["critic"] = json.dumps({"target": reward.target, "every": reward.every})
-    if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
+    run_dir = Path(run_dir) if run_dir else run_dir_for(out_name)
+    resume = bool(resume) and not overwrite          # overwrite: a fresh run, never the finished checkpoint
+    with run_folder.claim(run_dir, main=state.is_main_process):
+        if state.is_main_process:
+            L.check_resume(run_dir, L.run_settings(lcfg, tcfg, objective, base_path, dataset), resume,
+                           partial=True)
+        bridge.free_memory(int(6 * 2 ** 30), dev)
+        comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
+        if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
+            comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
+        class_items = []
+        if num_class_images > 0 and weights.prior > 0:
+            def make_class():
+                return class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
+                                    resolution=resolution, steps=sample_steps)
+            if state.is_main_process:  # generated once, by rank 0; the other processes read the cache
+                class_items = make_class()
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                class_items = make_class()
+        result = L.train_lora(comps, dataset, objective, lcfg, tcfg, run_dir, resume=resume, progress=progress,
+                              class_dataset=class_items or None)
+        meta = {"trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
+                "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
+                "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
+                "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
+        if reward is not None:
+            meta["rewards"] = json.dumps({s.label: s.weight for s in reward.rewards})
+            meta["critic"] = json.dumps({"target": reward.target, "every": reward.every})
+        if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
+            state.wait_for_everyone()
+            return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
+                                     loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
+        if pre.full:
+            from .full_finetune import export_checkpoint
+            lora_file = export_checkpoint(comps, out_folder, out_name, meta, overwrite=overwrite)
+        else:
+            lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
+        imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
+        rel = lora_file.relative_to(Path(out_folder).resolve()).as_posix()
         state.wait_for_everyone()
-        return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
+        return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
-    if pre.full:
-        from .full_finetune import export_checkpoint
-        lora_file = export_checkpoint(comps, out_folder, out_name, meta, overwrite=overwrite)
-    else:
-        lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
-    imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
-    rel = lora_file.relative_to(Path(out_folder).resolve()).as_posix()
-    state.wait_for_everyone()
-    return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
-                             loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
 
 
 def _instance_from_class(class_prompt: str, trigger: str) -> str:

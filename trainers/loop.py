@@ -7,10 +7,11 @@ objective state) atomically, and stops cleanly on an interrupt (saving a checkpo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +20,13 @@ import numpy as np
 import torch
 
 from .. import bridge
-from ..fileio import atomic_save, atomic_write_text
+from ..fileio import NonFiniteError, atomic_save, check_finite
 from .base_model import SDComponents
 from .batches import Batch, _build_pixels, check_dataset, encode_images, encode_prompts, sample_latents
-from .checkpoints import _append_csv, _save_rank_rng, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import (_append_csv, _save_rank_rng, latest_checkpoint, load_checkpoint, save_checkpoint,
+                          truncate_log)
 from .lora_weights import LoraConfig, _lora_modules, add_lora, lora_metadata, lora_state_dict, trainable_parameters
+from .run_folder import RUN_FILE, check_settings, claim, wipe, write_settings
 from .sampling import _save_samples, plot_loss
 
 log = logging.getLogger("rewardloop")
@@ -59,8 +62,17 @@ class TrainConfig:
     def validate(self) -> None:
         if int(self.steps) < 1:
             raise ValueError(f"steps must be >= 1 (got {self.steps}).")
-        if not (self.lr > 0):
-            raise ValueError(f"learning rate must be > 0 (got {self.lr}).")
+        if not (0 < self.lr < torch.finfo(torch.float32).max):
+            raise ValueError(f"learning rate must be a finite number > 0 (got {self.lr}).")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0 (got {self.seed}).")
+        for k in ("save_every", "sample_every", "warmup_steps"):
+            if int(getattr(self, k)) < 0:
+                raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)}).")
+        if int(self.keep_checkpoints) < 1 or int(self.sample_steps) < 1:
+            raise ValueError("keep_checkpoints and sample_steps must be >= 1.")
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"max_grad_norm must be a finite number >= 0 (got {self.max_grad_norm}).")
         if int(self.batch_size) < 1 or int(self.grad_accum) < 1:
             raise ValueError("batch_size and grad_accum must be >= 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -198,11 +210,53 @@ def train_lora(components: SDComponents, dataset: list, objective, lora_cfg: Lor
     """Train a LoRA on ``dataset`` [(PIL, prompt)] with ``objective``; resumable from ``run_dir``.
 
     ``class_dataset`` [(PIL, prompt)]: prior-preservation samples, one per instance sample in each batch.
-    Adds the LoRA adapters when ``components`` has none yet.
+    Adds the LoRA adapters when ``components`` has none yet. ``resume``: continue from the run folder's last
+    checkpoint (refused when the run was started with other settings, see :func:`run_settings`); ``False``
+    starts afresh, removing the folder's previous checkpoints, log and outputs. One process at a time per run
+    folder (see :mod:`.run_folder`); stops with :class:`~..fileio.NonFiniteError` naming the step when the loss
+    or the LoRA weights become NaN/inf, and never writes such values.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _train(components, dataset, objective, lora_cfg, train_cfg, Path(run_dir), resume, progress,
                       class_dataset)
+
+
+# settings a resumed run may change: its length and what it writes or how it uses memory, not what it learns
+RESUMABLE_CHANGES = ("steps", "save_every", "sample_every", "sample_prompts", "sample_steps", "sample_cfg",
+                     "keep_checkpoints", "eval_seed", "mixed_precision", "gradient_checkpointing", "cache_latents")
+RUN_ENTRIES = (RUN_FILE, "config.json", "log.csv", "checkpoints", "samples", "loss.png", "lora.safetensors")
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 over every (image mode, size, pixels, prompt) of a dataset [(PIL, prompt)]."""
+    h = hashlib.sha256()
+    for img, prompt in dataset or []:
+        h.update(f"{getattr(img, 'mode', '')}|{getattr(img, 'size', '')}|".encode())
+        h.update(img.tobytes() if hasattr(img, "tobytes") else repr(img).encode())
+        h.update(b"|" + str(prompt).encode() + b"\n")
+    return h.hexdigest()
+
+
+def run_settings(lora_cfg: LoraConfig, train_cfg: TrainConfig, objective, base: str, dataset,
+                 class_dataset=None) -> dict:
+    """What a run is: LoRA shape, training settings (less :data:`RESUMABLE_CHANGES`), objective, base, data.
+
+    ``class_dataset=None`` leaves the class images out (checked before they are generated)."""
+    settings_fn = getattr(objective, "settings", None)
+    out = {"lora": asdict(lora_cfg),
+           "train": {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_CHANGES},
+           "objective": getattr(objective, "name", type(objective).__name__),
+           "objective_settings": settings_fn() if callable(settings_fn) else {},
+           "base": str(base), "data": data_fingerprint(dataset)}
+    if class_dataset is not None:
+        out["class_data"] = data_fingerprint(class_dataset)
+    return json.loads(json.dumps(out, default=str))   # tuples → lists, as read back from run.json
+
+
+def check_resume(run_dir: Path, settings: dict, resume: bool, partial: bool = False) -> None:
+    """Before any work: refuse (one line) to resume a run folder holding a checkpoint made with other settings."""
+    if resume and latest_checkpoint(Path(run_dir)) is not None:
+        check_settings(run_dir, "lora", settings, partial=partial)
 
 
 def normalize_inference_tensors(model: torch.nn.Module) -> int:
@@ -225,21 +279,34 @@ def normalize_inference_tensors(model: torch.nn.Module) -> int:
 
 
 def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume, progress, class_dataset):
-    from diffusers.optimization import get_scheduler
     train_cfg.validate()
     lora_cfg.validate()
+    items = check_dataset(dataset)
+    class_items = check_dataset(class_dataset, "class images") if class_dataset else []
+    settings = run_settings(lora_cfg, train_cfg, objective, components.source, items, class_items)
+    device = components.device
+    accelerator = _make_accelerator(train_cfg, cpu=device.type == "cpu")
+    main = accelerator.is_main_process
+    with claim(run_dir, main=main) as run:
+        if main:
+            check_resume(run_dir, settings, resume)
+            if not resume:
+                wipe(run_dir, RUN_ENTRIES)
+            write_settings(run_dir, "lora", settings, {
+                "lora": asdict(lora_cfg), "train": asdict(train_cfg),
+                "objective": getattr(objective, "name", type(objective).__name__), "base": components.source})
+        accelerator.wait_for_everyone()
+        return _train_claimed(run, components, items, class_items, objective, lora_cfg, train_cfg, run_dir,
+                              resume, progress, accelerator)
+
+
+def _train_claimed(run, components, items, class_items, objective, lora_cfg, train_cfg, run_dir, resume, progress,
+                   accelerator):
+    from diffusers.optimization import get_scheduler
     for m in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
         if m is not None:
             normalize_inference_tensors(m)
-    items = check_dataset(dataset)
-    class_items = check_dataset(class_dataset, "class images") if class_dataset else []
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps({
-        "lora": asdict(lora_cfg), "train": asdict(train_cfg),
-        "objective": getattr(objective, "name", type(objective).__name__), "base": components.source},
-        indent=1, default=str))
     device = components.device
-    accelerator = _make_accelerator(train_cfg, cpu=device.type == "cpu")
     seed = int(train_cfg.seed)
     torch.manual_seed(seed)
     random.seed(seed)
@@ -335,6 +402,7 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     # ---- resume
     start_step = 0
     ck = latest_checkpoint(run_dir) if resume else None
+    log_csv = run_dir / "log.csv"
     if ck is not None:
         start_step = load_checkpoint(ck, components, optimizer, lr_sched, generator, objective)
         trainer.step = start_step   # objectives that act every K steps count from here
@@ -342,11 +410,9 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
         if rank > 0 and rank_rng.is_file():
             generator.set_state(torch.load(rank_rng, weights_only=True))
         log.info("resumed from %s (step %d)", ck, start_step)
-    elif not resume and (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir / "checkpoints")
-        (run_dir / "log.csv").unlink(missing_ok=True)
-    log_csv = run_dir / "log.csv"
-    if start_step == 0:
+        if accelerator.is_main_process:
+            truncate_log(log_csv, start_step)    # rows written after that checkpoint by a killed run
+    elif accelerator.is_main_process:
         log_csv.unlink(missing_ok=True)
 
     metrics_out: dict[str, float] = {}
@@ -372,6 +438,7 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
     modules = [m for m in (components.unet, components.text_encoder, components.text_encoder_2) if m is not None]
     for m in modules:
         m.train()
+    run.started()
     try:
         while step < total:
             bridge.check_interrupt()
@@ -383,8 +450,9 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                     batch = make_batch(*draw_indices())
                     loss, mets = objective(trainer, batch)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"The loss became {float(loss)} at step {step + 1}: lower the "
-                                                 "learning rate or use bf16/fp32.")
+                        raise NonFiniteError(
+                            f"The loss became {float(loss.detach())} at step {step + 1}: lower the learning rate "
+                            f"(now {train_cfg.lr:g}) or use bf16/fp32, and start afresh (overwrite).")
                     accelerator.backward(loss)
                     if nproc > 1 and accelerator.sync_gradients:
                         for p in params:
@@ -398,9 +466,17 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
                 loss_acc += float(loss.detach()) / int(train_cfg.grad_accum)
                 for k, v in mets.items():
                     mets_acc[k] = mets_acc.get(k, 0.0) + float(v) / int(train_cfg.grad_accum)
+            if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                raise NonFiniteError(
+                    f"The LoRA weights became NaN or infinite at step {step + 1}: lower the learning rate "
+                    f"(now {train_cfg.lr:g}) or use bf16/fp32, and start afresh (overwrite).")
             after = getattr(objective, "after_step", None)
             if after is not None:
                 extra = after(trainer, batch) or {}
+                bad = [k for k, v in extra.items() if not math.isfinite(float(v))]
+                if bad:
+                    raise NonFiniteError(f"The objective's {bad[0]} became {extra[bad[0]]} at step "
+                                         f"{step + 1}: lower the learning rate, and start afresh (overwrite).")
                 mets_acc.update(extra)
             step += 1
             trainer.step = step
@@ -444,6 +520,7 @@ def _train(components, dataset, objective, lora_cfg, train_cfg, run_dir, resume,
         if state:
             from safetensors.torch import save_file
             meta = lora_metadata(components, {"steps": str(step), "objective": getattr(objective, "name", "")})
+            check_finite(state, f"the LoRA of {run_dir.name}")
             lora_path = atomic_save(run_dir / "lora.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
         plot = plot_loss(log_csv, run_dir / "loss.png")
     accelerator.wait_for_everyone()

@@ -11,6 +11,8 @@ Used by DPG personalization (``trainers/dpg.py``) and reward-ranked fine-tuning.
   latent encoding
 * :mod:`.objectives`   :class:`Objective` protocol, :class:`NoiseMSE`
 * :mod:`.checkpoints`  resumable checkpoints (save / load / RNG) and the run's ``log.csv``
+* :mod:`.run_folder`   run folders: named by the whole output name, settings recorded in ``run.json``, one
+  process at a time (``run.lock``); :mod:`.lora_formats` reads diffusers / peft LoRA files
 * :mod:`.sampling`     :func:`generate`, :func:`save_samples`, :func:`plot_loss`
 * :mod:`.loop`         :class:`TrainConfig`, :class:`Trainer`, :func:`train_lora` → :class:`TrainResult`
 
@@ -20,15 +22,16 @@ from __future__ import annotations
 
 from .base_model import (CONFIG_DIR, SDComponents, _bundled_config, _config_hint, _family_from_keys, _finish,  # noqa: F401
                          _load_diffusers_folder, _load_single_file, _read_single_file_keys, _resolve_base,
-                         _tokenizers_for, find_clip_tokenizer, load_base)
+                         _tokenizers_for, check_base, find_clip_tokenizer, load_base)
 from .batches import (Batch, _build_pixels, _tokenize, check_dataset, encode_images, encode_prompts,  # noqa: F401
                       prepare_image, sample_latents)
 from .checkpoints import (_append_csv, _rng_state, _save_rank_rng, _set_rng_state, _trainable_named,  # noqa: F401
-                          latest_checkpoint, load_checkpoint, read_log, save_checkpoint)
+                          latest_checkpoint, load_checkpoint, read_log, save_checkpoint, truncate_log)
 from .lora_weights import (LoraConfig, _check_targets, _lora_modules, _te_prefixes, add_lora,  # noqa: F401
                            canonical_te_path, export_lora, kohya_name, load_lora_into, lora_metadata,
                            lora_state_dict, module_map, trainable_parameters)
-from .loop import (TrainConfig, Trainer, TrainResult, _eta, _make_accelerator, _ProgressAdapter,  # noqa: F401
-                   normalize_inference_tensors, train_lora)
+from .loop import (RESUMABLE_CHANGES, TrainConfig, Trainer, TrainResult, _eta, _make_accelerator,  # noqa: F401
+                   _ProgressAdapter, check_resume, data_fingerprint, normalize_inference_tensors, run_settings,
+                   train_lora)
 from .objectives import NoiseMSE, Objective  # noqa: F401
 from .sampling import _save_samples, generate, plot_loss, save_samples  # noqa: F401

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import bridge
-from ..fileio import atomic_save, safe_output_path
+from ..fileio import NonFiniteError, atomic_save, check_finite, first_non_finite, safe_output_path
 from .base_model import SDComponents
 
 
@@ -82,6 +82,13 @@ def trainable_parameters(components: SDComponents) -> list[torch.nn.Parameter]:
     return out
 
 
+def _te_prefix_names(components: SDComponents) -> dict[str, str]:
+    """diffusers component name → kohya prefix of the text encoders this model has."""
+    if components.is_sdxl:
+        return {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    return {"text_encoder": "lora_te_"}
+
+
 def _te_prefixes(components: SDComponents) -> list[tuple[str, Any]]:
     if components.is_sdxl:
         return [("lora_te1_", components.text_encoder), ("lora_te2_", components.text_encoder_2)]
@@ -146,14 +153,22 @@ def module_map(components: SDComponents) -> dict[str, torch.nn.Module]:
 
 
 def load_lora_into(components: SDComponents, path_or_sd, scale: float = 1.0) -> list[str]:
-    """Merge a kohya-style LoRA (file or dict) into the base weights with ``scale``; returns patched names.
+    """Merge a LoRA (file, peft adapter folder or dict) into the base weights with ``scale``; returns patched names.
 
-    Refuses a LoRA with keys that match no module (names them), like ComfyUI's loader would warn.
+    Reads kohya files (what :func:`export_lora` writes, ComfyUI / A1111 LoRAs) and diffusers / peft ones (see
+    :mod:`.lora_formats`). Refuses a LoRA with keys that match no module (names them), like ComfyUI's loader
+    would warn.
     """
-    sd = path_or_sd
-    if not isinstance(sd, dict):
-        from safetensors.torch import load_file
-        sd = load_file(str(path_or_sd))
+    from .lora_formats import is_kohya, read_lora_file, to_kohya
+    if isinstance(path_or_sd, dict):
+        sd, meta = path_or_sd, {}
+    else:
+        sd, meta = read_lora_file(path_or_sd)
+    if not is_kohya(sd):
+        sd = to_kohya(sd, meta, _te_prefix_names(components))
+    bad = first_non_finite(sd)
+    if bad is not None:
+        raise NonFiniteError(f"The LoRA holds NaN or infinite values ({bad}): it was saved from a diverged run.")
     table = module_map(components)
     names = sorted({k.split(".")[0] for k in sd})
     unmatched = [n for n in names if n not in table]
@@ -217,5 +232,6 @@ def export_lora(components: SDComponents, path, metadata: dict | None = None, ov
     sd = lora_state_dict(components)
     if not sd:
         raise ValueError("There is no LoRA to export: call add_lora (and train) first.")
+    check_finite(sd, f"the LoRA {target.name}")
     meta = lora_metadata(components, metadata or {})
     return atomic_save(target, lambda tmp: save_file(sd, tmp, metadata=meta))

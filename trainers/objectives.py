@@ -2,7 +2,8 @@
 
 An objective is called with the loop's :class:`~.loop.Trainer` and a :class:`~.batches.Batch` and returns
 ``(loss, metrics)``; optional hooks: ``setup(trainer)`` before step 1, ``after_step(trainer, batch)`` after each
-optimizer step, ``state_dict()`` / ``load_state_dict()`` for state checkpointed with the run, ``needs_pixels``.
+optimizer step, ``state_dict()`` / ``load_state_dict()`` for state checkpointed with the run, ``needs_pixels``,
+``settings()`` (a JSON-able dict of what the objective computes: a run resumes only with the same settings).
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class NoiseMSE:
             loss = loss + self.prior_weight * loss_prior
             metrics["prior"] = float(loss_prior.detach())
         return loss, metrics
+
+    def settings(self) -> dict:
+        return {"prior_weight": self.prior_weight}
 
     # objectives may carry state (a critic) that is checkpointed with the run
     def state_dict(self) -> dict:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -483,6 +483,12 @@ class RewardCriticTerm:
         return out
 
     # -------------------------------------------------------------- checkpointing
+    def settings(self) -> dict:
+        """What a resumed run must share: the rewards and weights, the critic's shape and its training."""
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k != "rewards"}
+        cfg["rewards"] = [[s.label, float(s.weight)] for s in self.cfg.rewards]
+        return cfg
+
     def state_dict(self) -> dict:
         if self.critic is None:
             return {}

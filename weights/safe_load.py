@@ -104,6 +104,30 @@ def load_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict[str, t
     return sd
 
 
+def load_training_state(path: str | os.PathLike) -> dict:
+    """A training checkpoint's ``state.pt`` (tensors, numbers, strings only): refused pickles and damaged files
+    give one line that says what to do."""
+    import zipfile
+    path = Path(path)
+    try:
+        st = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        import re
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would call {found.group(1)}" if found else "it holds Python objects beyond plain tensors"
+        raise UnsafeCheckpointError(
+            f"Refusing to resume from {path}: {what}. Delete that checkpoint folder or start afresh with overwrite "
+            "(--overwrite).") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"Cannot resume from {path}: the file is damaged ({msg[:160]}). Delete that checkpoint folder to resume "
+            "from an earlier one, or start afresh with overwrite (--overwrite).") from None
+    if not isinstance(st, dict):
+        raise UnsafeCheckpointError(f"{path} is not a training checkpoint (got {type(st).__name__}).")
+    return st
+
+
 def save_state_dict(sd: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None):
     """Atomic safetensors save (contiguous CPU tensors)."""
     from safetensors.torch import save_file
