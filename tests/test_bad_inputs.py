@@ -169,8 +169,8 @@ def corpus(tmp_path_factory, tiny, models_root):
     for k in ("garbage", "truncated", "huge_length", "bad_proto", "nan_score", "missing_score", "bad_png"):
         c[f"tf_{k}"] = root / f"tf_{k}.tfrecord"
     # workflows: one broken API workflow in its own folder
-    (root / "wf").mkdir()
-    (root / "wf" / "broken.api.json").write_text(json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
+    (root / "wf" / "api").mkdir(parents=True)  # API sources live in <workflows folder>/api
+    (root / "wf" / "api" / "broken.api.json").write_text(json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
     c["wf"] = root / "wf"
     return c
 

@@ -427,12 +427,51 @@ def build_sd_single(out_file: Path) -> Path:
     return out_file
 
 
+# ---------------------------------------------------------------- one SD1.5-format base for trainer and hosts
+# What every ComfyUI / Forge user has: one original-layout (LDM) .safetensors, no tokenizer or config beside it.
+# The hosts build the text encoder and the VAE from fixed SD1.5 configs, so those two are full size (CLIP-L text
+# tower: 12 layers, width 768; KL VAE: ch 128, mult 1,2,4,4); they recognise SD1.5 from the UNet's widths
+# (model_channels 320, context 768), so the UNet keeps those widths but has one level with one res block and one
+# transformer block. Weights are random (seeded) and stored in fp16: about 420 MB, built in seconds.
+SD15_CONFIG_NAME = "tiny-sd15"  # weights/configs/tiny-sd15: the diffusers config the trainers load it with
+
+
+def make_sd15_tiny_modules(seed: int = 12) -> dict:
+    """The UNet (shallow, SD1.5 widths), full-size KL VAE and CLIP-L text tower, as diffusers/transformers modules."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg_dir = Path(__file__).resolve().parent / "configs" / SD15_CONFIG_NAME
+    seed_all(seed)
+    unet = UNet2DConditionModel.from_config(json.loads((cfg_dir / "unet" / "config.json").read_text()))
+    vae = AutoencoderKL.from_config(json.loads((cfg_dir / "vae" / "config.json").read_text()))
+    te_cfg = {k: v for k, v in json.loads((cfg_dir / "text_encoder" / "config.json").read_text()).items()
+              if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+    te = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    return {"unet": unet, "vae": vae, "text_encoder": te}
+
+
+def build_sd15_single(out_file: Path) -> Path:
+    """``tiny-sd15-single``: the shallow SD1.5-format checkpoint that ComfyUI, Forge and the trainers all load."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+    m = make_sd15_tiny_modules()
+    sd = sd_to_ldm_state_dict(SimpleNamespace(**m))
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    save_file(sd, str(tmp), metadata={"rewardloop.diffusers_config": SD15_CONFIG_NAME, "format": "pt",
+                                      "rewardloop.note": "random weights, for tests only"})
+    tmp.replace(out_file)
+    return out_file
+
+
 # ---------------------------------------------------------------- all
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
     "tiny-llm": build_llm, "tiny-dino": build_dino, "tiny-vit": build_vit, "tiny-t5": build_t5,
     "tiny-sam": build_sam, "tiny-sd": build_sd, "tiny-rahf": lambda out: build_rahf(out),
-    "tiny-sd-single": build_sd_single,
+    "tiny-sd-single": build_sd_single, "tiny-sd15-single": build_sd15_single,
 }
 
 
