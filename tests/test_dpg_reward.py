@@ -227,3 +227,72 @@ def test_paper_preset_refuses_non_sd1_bases_before_loading(tmp_path):
     with pytest.raises(ValueError, match="SDXL: use a LoRA preset"):
         FF.check_base_family(str(folder))
     assert math.isclose(FF.BYTES_PER_PARAM * (859.5e6 + 123.1e6) / 1e9, 15.7, abs_tol=0.05)
+
+
+COMFY_LOAD_SCRIPT = r"""
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
+from comfy.cli_args import args
+args.cpu = True
+import torch
+from safetensors.torch import load_file
+import comfy.sd
+lines = []
+class Grab(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger().addHandler(Grab())
+logging.getLogger().setLevel(logging.INFO)
+model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=True, output_clip=True)
+sd = load_file(sys.argv[2])
+parts = {"model.diffusion_model.": model.model.diffusion_model.state_dict(),
+         "first_stage_model.": vae.first_stage_model.state_dict(),
+         "cond_stage_model.transformer.": {k[len("clip_l.transformer."):]: v
+                                           for k, v in clip.cond_stage_model.state_dict().items()
+                                           if k.startswith("clip_l.transformer.")}}
+out = {"config": type(model.model.model_config).__name__, "checked": {}, "mismatch": {}, "absent": {}}
+for prefix, loaded in parts.items():
+    keys = [k for k in sd if k.startswith(prefix)]
+    absent = [k for k in keys if k[len(prefix):] not in loaded]
+    bad = [k for k in keys if k[len(prefix):] in loaded and not torch.equal(
+        loaded[k[len(prefix):]].float(), sd[k].float().reshape(loaded[k[len(prefix):]].shape))]
+    out["checked"][prefix], out["mismatch"][prefix], out["absent"][prefix] = len(keys), bad[:3], absent[:3]
+out["warnings"] = [ln for ln in lines if "left over" in ln or "missing" in ln.lower()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.realhost
+def test_paper_checkpoint_loads_in_the_real_comfyui(tiny, out_env):
+    """The paper preset on the SD1.5-format tiny checkpoint: ComfyUI's own loader detects SD15 and holds exactly the
+    fine-tuned UNet, text encoder and VAE weights of the exported file (which differ from the base's)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from rewardloop.weights.registry import resolve
+    comfy_dir = Path(os.environ.get("COMFYUI_PATH", "/nonexistent"))
+    if not (comfy_dir / "comfy" / "sd.py").is_file():
+        pytest.skip("no ComfyUI checkout: set COMFYUI_PATH / COMFYUI_PYTHON (bash .ci/run does)")
+    base = tiny("tiny-sd15-single")
+    res = D.personalize(base, refs(2, 64), "sks", "a photo of a dog", out_name="paper_sd15", preset="paper",
+                        steps=1, lr=1e-5, resolution=64, num_class_images=0, sample_steps=1, save_every=0,
+                        sample_prompts=())
+    py = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    proc = subprocess.run([py, "-c", COMFY_LOAD_SCRIPT, str(comfy_dir), str(res.lora_file)], capture_output=True,
+                          text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["config"] == "SD15", got
+    for prefix in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."):
+        assert got["checked"][prefix] > 10 and not got["mismatch"][prefix] and not got["absent"][prefix], got
+    assert not got["warnings"], got["warnings"]
+    before, after = load_file(str(resolve(base).path)), load_file(str(res.lora_file))
+    moved = [k for k in before if k.startswith(("model.diffusion_model.", "cond_stage_model."))
+             and not torch.equal(before[k].half(), after[k])]
+    assert len(moved) > 100            # ComfyUI loaded the fine-tuned weights, not the base's
