@@ -51,6 +51,18 @@ def _plot_tensor(path) -> torch.Tensor:
     return torch.from_numpy(arr)[None]
 
 
+def _reward_summary(log_csv) -> str:
+    """'; rewards (last scored): caption 0.123, dino 0.456; critic loss 0.01' from the run's log, '' without rewards."""
+    from ..trainers.checkpoints import read_log
+    rows = read_log(log_csv)
+    if not rows or "critic_s" not in rows[-1]:
+        return ""
+    last = rows[-1]
+    vals = [f"{k[len('reward_'):]} {float(v):.4g}" for k, v in last.items()
+            if k.startswith("reward_") and k not in ("reward_s", "reward_q") and v not in ("", None)]
+    return f"; rewards (last scored): {', '.join(vals)}; critic loss {float(last['critic_loss']):.4g}"
+
+
 def reward_config(scorers, dino_weight: float, every: int, target: str):
     """Connected scorer sockets (+ DINO through the critic) → a RewardCriticConfig, or None when none is on."""
     from ..trainers.reward_critic import DINO, RewardCriticConfig, RewardSpec
@@ -209,7 +221,7 @@ class RewardLoopPersonalizeDPG:
             bar.close()
         samples = pil_to_image(res.samples)
         plot = _plot_tensor(res.loss_plot) if res.loss_plot else torch.zeros(1, 64, 64, 3)
-        ui = {"text": [f"{res.lora_name} ({res.train.steps_done} steps)"]}
+        ui = {"text": [f"{res.lora_name} ({res.train.steps_done} steps)" + _reward_summary(res.train.log_csv)]}
         try:  # show the plot in the node (ComfyUI temp folder)
             import shutil
             tmp = bridge.temp_dir()

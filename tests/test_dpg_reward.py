@@ -167,6 +167,8 @@ def test_node_takes_scorer_sockets_appended_after_the_old_inputs(tiny, out_env, 
                                reward=FR.make_scorer(), reward_weight=0.5, reward_2=FR.make_scorer(name="dark", higher_is_better=False),
                                critic_update_every=1)
     assert out["result"][0] == "node_reward.safetensors"
+    assert out["ui"]["text"][0].startswith("node_reward.safetensors (2 steps); rewards (last scored): brightness ")
+    assert "dark -" in out["ui"]["text"][0] and "; critic loss " in out["ui"]["text"][0]
     rows = L.read_log(bridge.output_dir() / "rewardloop_runs" / "node_reward" / "log.csv")
     assert {"reward_brightness", "reward_dark"} <= set(rows[0])
     # "dark" reports 1 − brightness, lower is better: oriented (higher is better) it is brightness − 1
