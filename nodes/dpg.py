@@ -58,9 +58,10 @@ def _reward_summary(log_csv) -> str:
     if not rows or "critic_s" not in rows[-1]:
         return ""
     last = rows[-1]
+    skip = ("reward_s", "reward_q", "reward_critic_loss")
     vals = [f"{k[len('reward_'):]} {float(v):.4g}" for k, v in last.items()
-            if k.startswith("reward_") and k not in ("reward_s", "reward_q") and v not in ("", None)]
-    return f"; rewards (last scored): {', '.join(vals)}; critic loss {float(last['critic_loss']):.4g}"
+            if k.startswith("reward_") and k not in skip and v not in ("", None)]
+    return f"; rewards (last scored): {', '.join(vals)}; critic loss {float(last['reward_critic_loss']):.4g}"
 
 
 def reward_config(scorers, dino_weight: float, every: int, target: str):
@@ -85,6 +86,38 @@ def reward_config(scorers, dino_weight: float, every: int, target: str):
     return cfg
 
 
+def weight_inputs() -> dict:
+    """The term-weight widgets shared by both DPG nodes (optional inputs, in this order)."""
+    from ..trainers.dpg_objective import GAMMA
+    return {
+        "dreambooth_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                        "tooltip": "Weight of the instance noise MSE (-1 = the mode's)."}),
+        "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                   "tooltip": "Weight of the prior-preservation loss."}),
+        "look_forward_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                          "tooltip": "Weight of the γ^t·mean((x̂0−x0)²) term (-1 = mode's)."}),
+        "critic_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                    "tooltip": "Weight of the critic term γ^t·Q(E) (-1 = the mode's)."}),
+        "dino_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
+                                  "tooltip": "λ of the DINO reward term (-1 = the mode's; paper: 0.1 or 1)."}),
+        "gamma": ("FLOAT", {"default": GAMMA, "min": 0.9, "max": 1.0, "step": 0.0001, "round": False,
+                            "tooltip": "Discount γ in γ^t, t the sampled noise level on a 0…999 timestep scale (paper "
+                                       "0.9986; its ablation prefers 1.0)."}),
+    }
+
+
+def weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight, dino_weight,
+                        gamma):
+    """Widget values → DPGWeights: the mode's preset, each weight ≥ 0 overriding it (-1 keeps the mode's)."""
+    from ..trainers.dpg_objective import GAMMA, DPGWeights
+    ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
+          "dino": dino_weight}
+    w = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v)) for k, v in ov.items()},
+                            prior=float(prior_weight), gamma=float(gamma if gamma is not None else GAMMA))
+    w.validate()
+    return w
+
+
 class RewardLoopPersonalizeDPG:
     DESCRIPTION = ("Trains a LoRA of your subject from a few reference photos with the DPG objective (DreamBooth, "
                    "look-forward x̂0 loss, the paper's critic, or a DINO reward) on your own checkpoint, and saves it "
@@ -102,7 +135,7 @@ class RewardLoopPersonalizeDPG:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..trainers.dpg import GAMMA, LOSS_MODES
+        from ..trainers.dpg import LOSS_MODES
         ckpts = checkpoint_choices()
         return {
             "required": {
@@ -150,18 +183,7 @@ class RewardLoopPersonalizeDPG:
                                         "square training resolution."}),
                 "num_class_images": ("INT", {"default": 8, "min": 0, "max": 1000, "tooltip": "Prior-preservation "
                                              "images generated once by the base model (0 = no prior loss)."}),
-                "dreambooth_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                "tooltip": "Weight of the instance noise MSE (-1 = the mode's)."}),
-                "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                           "tooltip": "Weight of the prior-preservation loss."}),
-                "look_forward_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                                  "tooltip": "Weight of the γ^t·mean((x̂0−x0)²) term (-1 = mode's)."}),
-                "critic_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                            "tooltip": "Weight of the critic term γ^t·Q(E) (-1 = the mode's)."}),
-                "dino_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.01,
-                                          "tooltip": "λ of the DINO reward term (-1 = the mode's; paper: 0.1 or 1)."}),
-                "gamma": ("FLOAT", {"default": GAMMA, "min": 0.9, "max": 1.0, "step": 0.0001, "round": False,
-                                    "tooltip": "Discount γ in γ^t (paper 0.9986; its ablation prefers 1.0)."}),
+                **weight_inputs(),
                 "dino_model": (dino_choices(), {"default": "dino-vits16", "tooltip": "DINO ViT for the dino "
                                                 "reward (models/dino)."}),
                 "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from the last checkpoint of this "
@@ -197,15 +219,12 @@ class RewardLoopPersonalizeDPG:
               reward_weight=1.0, reward_2=None, reward_2_weight=1.0, dino_reward_weight=0.0, critic_update_every=1,
               critic_target="regression", unique_id=None):
         from ..rewards.images import image_to_pil, pil_to_image
-        from ..trainers.dpg import GAMMA, DPGWeights, personalize
+        from ..trainers.dpg import personalize
         if references is None or not isinstance(references, torch.Tensor) or references.shape[0] == 0:
             raise ValueError("No reference images were given: connect a batch of photos of the subject.")
         refs = image_to_pil(references)      # refuses NaN/inf with the batch item named, like every image node
-        ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
-              "dino": dino_weight}
-        weights = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v))
-                                                    for k, v in ov.items()},
-                                      prior=float(prior_weight), gamma=float(gamma if gamma is not None else GAMMA))
+        weights = weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight,
+                                      dino_weight, gamma)
         critic = reward_config([(reward, reward_weight), (reward_2, reward_2_weight)], dino_reward_weight,
                                critic_update_every, critic_target)
         _free_comfy_vram()

@@ -62,7 +62,7 @@ def test_reward_critic_raises_a_reward_the_no_reward_run_does_not(tiny, tmp_path
     plain, _, _ = run(False)
     rewarded, rows, obj = run(True)
     assert len(rows) == steps and obj.reward.rounds == steps
-    critic_loss = fifths([float(r["critic_loss"]) for r in rows])
+    critic_loss = fifths([float(r["reward_critic_loss"]) for r in rows])
     reward = fifths([float(r["reward_brightness"]) for r in rows])
     print(f"\ncritic loss by fifth {[round(v, 3) for v in critic_loss]}; scored x̂0 reward by fifth "
           f"{[round(v, 3) for v in reward]}; samples: reward run {rewarded:.3f}, no-reward run {plain:.3f}")
@@ -109,7 +109,7 @@ def test_reward_critic_run_resumes_bit_identically(tiny, tmp_path, interrupted_t
     skip = {"reward_s", "critic_s"}   # wall-clock costs
     assert [{k: v for k, v in r.items() if k not in skip} for r in r1] == \
         [{k: v for k, v in r.items() if k not in skip} for r in r2]
-    assert {"reward_brightness", "reward_dino", "critic_loss", "reward_q"} <= set(r1[0])
+    assert {"reward_brightness", "reward_dino", "reward_critic_loss", "reward_q"} <= set(r1[0])
 
 
 # ---------------------------------------------------------------- CLI and node

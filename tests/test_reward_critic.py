@@ -124,8 +124,8 @@ def test_regression_learns_a_reward_and_logs_every_column():
         term.stash(x, torch.randint(0, 1000, (4,)), x, ["p"] * 4, torch.zeros(4, dtype=torch.long))
         out = term.update(decode_identity, "cpu")
         keys = keys or set(out)
-        assert set(out) == keys == {"reward_s", "critic_s", "critic_loss", "reward_brightness"}
-        losses.append(out["critic_loss"])
+        assert set(out) == keys == {"reward_s", "critic_s", "reward_critic_loss", "reward_brightness"}
+        losses.append(out["reward_critic_loss"])
         assert out["reward_s"] > 0 and out["critic_s"] > 0
     assert len(term.cache) == 160 and term.active
     # cached rewards are the scorer's values; standardization is the cache's population z-score
@@ -134,7 +134,7 @@ def test_regression_learns_a_reward_and_logs_every_column():
     assert torch.allclose(mean, r.mean()[None]) and torch.allclose(std, r.std(unbiased=False)[None])
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5, losses
     # nothing stashed: the same columns, no cost, the latest update's values carried (finite: trainers check them)
-    assert term.update(decode_identity, "cpu") == {"reward_s": 0.0, "critic_s": 0.0, "critic_loss": losses[-1],
+    assert term.update(decode_identity, "cpu") == {"reward_s": 0.0, "critic_s": 0.0, "reward_critic_loss": losses[-1],
                                                   "reward_brightness": out["reward_brightness"]}
     # the learnt Q ranks a bright top-left above a dark one (the known optimum)
     bright, dark = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .. import bridge
@@ -34,129 +32,11 @@ from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
 from . import reward_critic as RC
 from . import run_folder
+from .dpg_objective import (CRITIC_LR, GAMMA, LOSS_MODES, Critic, DINOFeatures, DPGWeights,  # noqa: F401
+                            critic_regression, discount, effective_weight, instance_loss, prior_loss,
+                            x0_from_eps)
 
 log = logging.getLogger("rewardloop")
-
-GAMMA = 0.9986          # the released code's discount; the authors' own comment and ablation favour 1.0
-CRITIC_LR = 0.01
-LOSS_MODES = ("dreambooth", "look_forward", "critic", "dino", "look_forward+dino", "critic+dino", "custom")
-
-
-# ====================================================================== formulas
-def discount(t: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """γ^t per sample (fp32)."""
-    return torch.pow(torch.tensor(float(gamma), dtype=torch.float64), t.double().cpu()).float().to(t.device)
-
-
-def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """One-step look-forward x̂0 = (x_t − sqrt(1−ᾱ)·ε̂)/sqrt(ᾱ), computed in fp32."""
-    a = alpha_bar.float()
-    while a.dim() < x_t.dim():
-        a = a.view(*a.shape, *([1] * (x_t.dim() - a.dim())))
-    return (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
-
-
-def effective_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """w(t) = γ^t·(1−ᾱ_t)/ᾱ_t: the look-forward loss as a reweighted ε-MSE (paper notes §1.2 table)."""
-    a = alphas_cumprod.double()[t.long().cpu()]
-    return (discount(t.cpu(), gamma).double() * (1 - a) / a).float()
-
-
-# ====================================================================== critic
-class Critic(torch.nn.Module):
-    """The paper's FullyConvRegressionModel with the flatten sized from the latent (C×H×W error map → scalar)."""
-
-    def __init__(self, channels: int = 4, height: int = 64, width: int = 64, hidden: int = 64):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(channels, 1, 3, padding=1)
-        self.fc1 = torch.nn.Linear(height * width, hidden)
-        self.fc2 = torch.nn.Linear(hidden, 1)
-        self.shape = (channels, height, width)
-        with torch.no_grad():  # non-negative uniform init, as released: Q starts ≈ weighted mean of E
-            for m, hi in ((self.conv, 1 / 9), (self.fc1, 1 / (height * width)), (self.fc2, 1 / hidden)):
-                m.weight.uniform_(0, hi)
-                m.bias.uniform_(0, hi)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.conv(e.float()), 0.01).flatten(1)
-        return self.fc2(F.relu(self.fc1(h))).squeeze(1)
-
-
-# ====================================================================== objective
-@dataclass
-class DPGWeights:
-    dreambooth: float = 1.0      # instance noise-MSE
-    prior: float = 1.0           # prior preservation (only when class images are given)
-    look_forward: float = 0.0
-    critic: float = 0.0
-    dino: float = 0.0            # λ
-    gamma: float = GAMMA
-    critic_lr: float = CRITIC_LR
-
-    @classmethod
-    def for_mode(cls, mode: str, **overrides) -> "DPGWeights":
-        """Preset weights per loss mode (the released LF recipe drops the instance ε-MSE)."""
-        table = {
-            "dreambooth": dict(dreambooth=1.0),
-            "look_forward": dict(dreambooth=0.0, look_forward=1.0),
-            "critic": dict(dreambooth=0.0, critic=1.0),
-            "dino": dict(dreambooth=1.0, dino=1.0),
-            "look_forward+dino": dict(dreambooth=0.0, look_forward=1.0, dino=1.0),
-            "critic+dino": dict(dreambooth=0.0, critic=1.0, dino=1.0),
-            "custom": {},
-        }
-        if mode not in table:
-            raise ValueError(f"Unknown loss mode {mode!r}: choose one of {', '.join(LOSS_MODES)}.")
-        w = cls(**table[mode])
-        return replace(w, **{k: v for k, v in overrides.items() if v is not None})
-
-    def validate(self) -> None:
-        for k in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
-            if not math.isfinite(float(getattr(self, k))):
-                raise ValueError(f"Loss weight {k} must be a finite number (got {getattr(self, k)}).")
-        for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
-        if self.dreambooth + self.look_forward + self.critic + self.dino <= 0:
-            raise ValueError("All instance loss weights are 0: turn on dreambooth, look_forward, critic or dino.")
-        if not (0 < self.gamma <= 1):
-            raise ValueError(f"gamma must be in (0, 1] (got {self.gamma}).")
-
-
-class DINOFeatures:
-    """Differentiable DINO CLS features of images in [-1,1] (resize + ImageNet normalisation inside the graph)."""
-
-    def __init__(self, name: str = "dino-vits16", device=None):
-        from ..weights.loaders import load_dino
-        self.handle = load_dino(name, dtype="fp32", device=device)
-        self.model = self.handle.model
-        if any(p.is_inference() for p in self.model.parameters()):
-            # loaded (and cached) under ComfyUI's inference_mode: a private copy with ordinary tensors
-            import copy
-            with torch.inference_mode(False):
-                model = copy.deepcopy(self.model)
-            L.normalize_inference_tensors(model)
-            self.model = model
-        self.model.requires_grad_(False)
-        proc = self.handle.processor
-        size = getattr(proc, "size", None) or {"height": 224, "width": 224}
-        if "height" in size:
-            self.size = (int(size["height"]), int(size["width"]))
-        else:
-            s = int(size.get("shortest_edge", 224))
-            self.size = (s, s)
-        mean = getattr(proc, "image_mean", None) or [0.485, 0.456, 0.406]
-        std = getattr(proc, "image_std", None) or [0.229, 0.224, 0.225]
-        dev = next(self.model.parameters()).device
-        self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = ((images.float() + 1) / 2).clamp(0, 1).to(self.mean.device)
-        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)
-        x = (x - self.mean) / self.std
-        out = self.model(pixel_values=x)
-        return out.last_hidden_state[:, 0].float()
 
 
 class DPGObjective:
@@ -230,49 +110,29 @@ class DPGObjective:
     # -------------------------------------------------------------- the actor loss
     def __call__(self, trainer: L.Trainer, batch: L.Batch):
         out = trainer.predict(batch)
-        w = self.w
         inst, prior = batch.instance, batch.is_prior
         per = ((out["pred"].float() - out["target"].float()) ** 2).flatten(1).mean(1)
-        metrics: dict[str, float] = {}
-        loss = out["pred"].new_zeros((), dtype=torch.float32)
-        mse = per[inst].mean()
-        metrics["mse"] = float(mse.detach())
-        if w.dreambooth > 0:
-            loss = loss + w.dreambooth * mse
-        if prior.any() and w.prior > 0:
-            lp = per[prior].mean()
-            loss = loss + w.prior * lp
-            metrics["prior"] = float(lp.detach())
-        if w.look_forward > 0 or w.critic > 0 or w.dino > 0 or self.reward is not None:
+        x0_hat = x0 = t = None
+        if self.w.look_forward > 0 or self.w.critic > 0 or self.w.dino > 0 or self.reward is not None:
             eps = trainer.eps_from_pred(out)
             x0_hat = x0_from_eps(out["noisy"][inst], eps[inst], out["alpha_bar"][inst])
-            err = (x0_hat - out["x0"][inst].float()) ** 2
-            g = discount(out["t"][inst], w.gamma)
-            lf = (g * err.flatten(1).mean(1)).mean()
-            metrics["look_forward"] = float(lf.detach())
-            if w.look_forward > 0:
-                loss = loss + w.look_forward * lf
-            if w.critic > 0:
-                self.critic.requires_grad_(False)
-                q = self.critic(err)
-                lq = (g * q).mean()
-                loss = loss + w.critic * lq
-                metrics["critic_q"] = float(lq.detach())
-                self._pending = err.detach()
-            if w.dino > 0:
-                img = trainer.decode(x0_hat)
-                feats = self.dino(img)
-                ref = self.ref_feats[batch.ref_index[inst].to(self.ref_feats.device)]
-                dist = 1 - F.cosine_similarity(feats, ref, dim=-1)
-                ld = (g.to(dist.device) * dist).mean()
-                loss = loss + w.dino * ld.to(loss.device)
-                metrics["dino_dist"] = float(dist.mean().detach())
-            if self.reward is not None:
-                lr_, m = self.reward.actor(x0_hat, out["t"][inst], g, ref=out["x0"][inst])
-                loss = loss + lr_.to(loss.device)
-                metrics.update(m)
-                if self.reward.wants_rewards(trainer.step):
-                    self._stash_rewards(trainer, batch, out, eps, x0_hat)
+            x0, t = out["x0"][inst], out["t"][inst]
+        ref = self.ref_feats[batch.ref_index[inst].to(self.ref_feats.device)] if self.w.dino > 0 else None
+        terms = instance_loss(self.w, per[inst], x0_hat, x0, t, critic=self.critic,
+                              decode=trainer.decode if self.w.dino > 0 else None,
+                              dino=self.dino, ref_feats=ref)
+        self._pending = terms.critic_input
+        loss, metrics = terms.loss, dict(terms.metrics)
+        if prior.any() and self.w.prior > 0:
+            pt = prior_loss(self.w, per[prior])
+            loss = loss + pt.loss
+            metrics.update(pt.metrics)
+        if self.reward is not None:   # any reward through the learned critic (trainers/reward_critic.py)
+            lr_, m = self.reward.actor(x0_hat, t, discount(t, self.w.gamma), ref=x0)
+            loss = loss + lr_.to(loss.device)
+            metrics.update(m)
+            if self.reward.wants_rewards(trainer.step):
+                self._stash_rewards(trainer, batch, out, eps, x0_hat)
         return loss, metrics
 
     def _stash_rewards(self, trainer: L.Trainer, batch: L.Batch, out: dict, eps: torch.Tensor,
@@ -316,23 +176,10 @@ class DPGObjective:
     def _critic_step(self, trainer: L.Trainer) -> dict[str, float]:
         if self.critic is None or self._pending is None:
             return {}
-        e = self._pending
-        self._pending = None
-        self.critic.requires_grad_(True)
-        with torch.enable_grad():
-            q = self.critic(e)
-            target = e.flatten(1).mean(1)
-            lc = ((q - target) ** 2).mean()
-            self.critic_opt.zero_grad(set_to_none=True)
-            lc.backward()
-            acc = trainer.accelerator
-            if acc.num_processes > 1:  # one critic for all processes
-                for p in self.critic.parameters():
-                    p.grad = acc.reduce(p.grad, reduction="mean")
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
-            self.critic_opt.step()
-        self.critic.requires_grad_(False)
-        return {"critic_loss": float(lc.detach())}
+        e, self._pending = self._pending, None
+        acc = trainer.accelerator
+        reduce = (lambda g: acc.reduce(g, reduction="mean")) if acc.num_processes > 1 else None
+        return {"critic_loss": critic_regression(self.critic, self.critic_opt, e, reduce)}
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
@@ -522,14 +369,7 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     refs = list(references or [])
     if not refs:
         raise ValueError("No reference images were given: connect at least one photo of the subject.")
-    if not trigger or not trigger.strip() or " " in trigger.strip():
-        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
-    trigger = trigger.strip()
-    if not class_prompt or not class_prompt.strip():
-        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
-    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
-    if trigger not in instance_prompt.split():
-        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    trigger, instance_prompt = check_prompts(trigger, class_prompt, instance_prompt)
     for what, value, low in (("num_class_images", num_class_images, 0), ("sample_every", sample_every, 0),
                              ("save_every", save_every, 0), ("sample_steps", sample_steps, 1)):
         if int(value) < low:
@@ -620,6 +460,19 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
         state.wait_for_everyone()
         return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
+
+
+def check_prompts(trigger: str, class_prompt: str, instance_prompt: str | None) -> tuple[str, str]:
+    """(trigger, instance prompt) after the checks both DPG back-ends make before any model work."""
+    if not trigger or not trigger.strip() or " " in trigger.strip():
+        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
+    trigger = trigger.strip()
+    if not class_prompt or not class_prompt.strip():
+        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
+    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
+    if trigger not in instance_prompt.split():
+        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    return trigger, instance_prompt
 
 
 def _instance_from_class(class_prompt: str, trigger: str) -> str:

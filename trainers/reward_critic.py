@@ -29,12 +29,12 @@ graph:
    (:mod:`trainers.dpg`'s ``critic`` and ``look_forward`` modes). The ``td`` option implements the formula the
    paper writes, not code the authors released.
 4. The **actor** (the UNet LoRA) ascends ``Σ_k w_k·γ^{t_i}·Q_k(x̂0_i, t_i)`` through x̂0 (the critic's own
-   parameters are frozen for it; each weight w_k is that reward's λ, the paper's ablation uses 0.1 and 1). It starts once the cache holds ``warmup`` samples and the critic has been
-   updated once.
+   parameters are frozen for it; each weight w_k is that reward's λ, the paper's ablation uses 0.1 and 1). It
+   starts once the cache holds ``warmup`` samples and the critic has been updated once.
 
 Costs: ``reward_s`` (decode + score + TD next state) and ``critic_s`` (critic regression) are logged per step in
-the run's ``log.csv``, beside ``reward_<name>`` (mean raw reward of the samples scored that step) and
-``critic_loss``.
+the run's ``log.csv``, beside ``reward_<name>`` (mean raw reward of the latest scored samples) and
+``reward_critic_loss`` (apart from the paper critic's ``critic_loss``: both can be on).
 
 :class:`RewardCritic` (:func:`parameter_count`) has 100,865 parameters (0.10M; the paper's critic has 0.26M) for
 one reward on 4-channel latents, 102,017 when it also takes the reference latent (the dino reward), at any latent
@@ -465,7 +465,7 @@ class RewardCriticTerm:
         """After the actor step: score what was stashed (cost ``reward_s``), then regress the critic (``critic_s``).
 
         Always returns the same finite numbers, so every row of ``log.csv`` has every column: the costs are 0 on
-        steps without an update; ``reward_<name>`` and ``critic_loss`` are those of the latest update."""
+        steps without an update; ``reward_<name>`` and ``reward_critic_loss`` are those of the latest update."""
         out: dict[str, float] = {"reward_s": 0.0, "critic_s": 0.0}
         if self._stash:
             t0 = time.perf_counter()
@@ -477,7 +477,7 @@ class RewardCriticTerm:
                 t1 = time.perf_counter()
                 self.last["critic_loss"] = self._regress(device, reduce_grads)
                 out["critic_s"] = time.perf_counter() - t1
-        out["critic_loss"] = float(self.last["critic_loss"])
+        out["reward_critic_loss"] = float(self.last["critic_loss"])
         rewards = self.last["rewards"] or [0.0] * len(self.names)
         out.update({f"reward_{n}": float(v) for n, v in zip(self.names, rewards)})
         return out
