@@ -22,11 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from _http import get_json, post_json
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = float(os.environ.get("COMFYUI_START_TIMEOUT", "240"))
@@ -77,17 +78,10 @@ class Comfy:
 
     # ------------------------------------------------------------ HTTP
     def get(self, path: str, timeout: float = 30):
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:  # noqa: S310 (loopback only)
-            return json.loads(r.read().decode())
+        return get_json(self.url + path, timeout)
 
     def post(self, path: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
-                return r.status, json.loads(r.read().decode() or "{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read().decode() or "{}")
+        return post_json(self.url + path, body, timeout)
 
     # ------------------------------------------------------------ log
     def log_text(self) -> str:

@@ -233,7 +233,11 @@ def test_two_processes_under_torchrun_train_and_export_once(tiny, tmp_path, mode
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([pack_parent, os.environ.get("PYTHONPATH", "")]),
                REWARDLOOP_MODELS=str(models_root), REWARDLOOP_OUTPUT=str(tmp_path / "out"), OMP_NUM_THREADS="1",
                REWARDLOOP_DEVICE="cpu", REWARDLOOP_NO_TQDM="1", HF_HUB_OFFLINE="1")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "rewardloop", "train-dpg",
+    import socket
+    with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", port, "-m", "rewardloop", "train-dpg",
            "--base", "tiny-sd", "--refs", str(refs_dir), "--trigger", "sks", "--class-prompt", "a photo of a dog",
            "--out", "ddp_test", "--steps", "2", "--resolution", "32", "--preset", "cpu", "--num-class-images", "1",
            "--sample-steps", "1", "--save-every", "1", "--mode", "look_forward"]

@@ -54,7 +54,7 @@ def test_captioner_and_llm_generate(tiny, fresh_cache):
     from rewardloop.rewards.images import image_to_pil
     cap = LOADERS["captioner"](tiny("tiny-blip2"), device="cpu")
     img = image_to_pil(torch.rand(1, 32, 32, 3))
-    inputs = cap.processor(images=img, return_tensors="pt")
+    inputs = cap.processor(images=img, text="", return_tensors="pt")  # the image tokens (transformers 4.x too)
     out = cap.model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[0] == 1
     llm = LOADERS["llm"](tiny("tiny-llm"), device="cpu")

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from .catalogue import get_spec
+from .hf_compat import portable_hf_files
 
 WORDS = (
     "a an the of in on with and photo picture image painting drawing of cat dog person man woman child car tree "
@@ -58,7 +60,8 @@ def bpe_tokenizer(extra_special: tuple[str, ...] = (), vocab_size: int = 600):
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None)
+                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None,
+                                  model_input_names=["input_ids", "attention_mask"])  # like real LLM tokenizers
     return tok
 
 
@@ -74,7 +77,12 @@ def clip_tokenizer():
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # from files: the one constructor transformers 4.x (vocab_file, merges_file) and 5.x (vocab, merges) share
+    with tempfile.TemporaryDirectory() as tmp:
+        v, m = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        v.write_text(json.dumps(vocab))
+        m.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        return CLIPTokenizer(str(v), str(m), model_max_length=77)
 
 
 def bert_vocab_file(folder: Path, with_dec: bool = False) -> Path:
@@ -447,6 +455,12 @@ def make_sd15_tiny_modules(seed: int = 12) -> dict:
     te_cfg = {k: v for k, v in json.loads((cfg_dir / "text_encoder" / "config.json").read_text()).items()
               if not k.startswith("_") and k not in ("architectures", "transformers_version")}
     te = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    # A trained CLIP's final layer norm has a bias; with the init's zero bias every token's features average to
+    # exactly zero, and Forge's prompt emphasis ("Original": z * mean(z) / mean(z * weights)) turns some prompts
+    # into 0 / 0 = NaN images. A seeded random bias, like a trained model's, keeps the mean away from zero.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        getattr(te, "text_model", te).final_layer_norm.bias.copy_(0.5 * torch.randn(te.config.hidden_size, generator=g) + 0.1)
     return {"unet": unet, "vae": vae, "text_encoder": te}
 
 
@@ -491,6 +505,7 @@ def build(key: str, root: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     BUILDERS[key](out)
     if not spec.is_file:
+        portable_hf_files(out)  # loadable by every transformers version the pack supports
         (out / ".complete").write_text("ok")
     return out
 
