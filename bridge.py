@@ -355,10 +355,16 @@ def temp_dir() -> Path:
 def loras_dir() -> Path:
     """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the first ``REWARDLOOP_MODELS``
     root's ``loras``, else ``<output>/loras`` (:func:`output_dir`), never the installed pack's folder."""
-    paths = comfy_folder_paths("loras")
+    return model_output_dir("loras")
+
+
+def model_output_dir(folder: str) -> Path:
+    """Where trained models of ``folder`` (loras, checkpoints) are written: ComfyUI's first such folder, else the
+    first ``REWARDLOOP_MODELS`` root's, else ``<output>/<folder>``, never the installed pack's folder."""
+    paths = comfy_folder_paths(folder)
     if paths:
         return paths[0]
     roots = models_roots()
     if roots:
-        return roots[0] / "loras"
-    return output_dir() / "loras"
+        return roots[0] / folder
+    return output_dir() / folder

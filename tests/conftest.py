@@ -112,6 +112,24 @@ def image_batch():
     return make_image_batch
 
 
+@pytest.fixture
+def interrupted_then_resumed():
+    """``interrupted_then_resumed(run, at)``: ``run(progress)`` stopped by an interrupt after step ``at``, then
+    ``run(None)`` again (it resumes); returns the second call's result."""
+    from rewardloop import bridge
+
+    def go(run, at: int):
+        def stop(info):
+            if info["step"] == at:
+                bridge.request_interrupt()
+
+        with pytest.raises(bridge.Interrupted):
+            run(stop)
+        return run(None)
+
+    return go
+
+
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """A real ComfyUI with this pack installed as users install it (tests/comfyui_host.py); skips without one."""

@@ -129,7 +129,7 @@ def test_each_loss_mode_reduces_its_loss(mode, metric, tiny, tmp_path):
         assert "dino_dist" in rows[0]
 
 
-def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path):
+def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path, interrupted_then_resumed):
     data = [(im, "a photo of sks dog") for im in refs(2)]
     cls = [(refs(1)[0], "a photo of dog")]
     tcfg = L.TrainConfig(steps=3, lr=1e-3, resolution=32, save_every=1, seed=3)
@@ -141,14 +141,7 @@ def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path):
         return res, obj
 
     full, obj_full = run(tmp_path / "a")
-
-    def stop(info):
-        if info["step"] == 2:
-            bridge.request_interrupt()
-
-    with pytest.raises(bridge.Interrupted):
-        run(tmp_path / "b", stop)
-    res, obj = run(tmp_path / "b")
+    res, obj = interrupted_then_resumed(lambda progress: run(tmp_path / "b", progress), at=2)
     assert res.steps_done == 3
     for k in full.state:
         assert torch.equal(full.state[k], res.state[k]), k
