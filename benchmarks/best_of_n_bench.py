@@ -1,30 +1,21 @@
 """Best-of-N scoring: N images through caption + SAM/LLM + rich feedback, batched vs a per-image loop.
 
-    PYTHONPATH=<parent of the pack> HF_HUB_OFFLINE=1 python benchmarks/best_of_n_bench.py [--n 8] [--repeat 2]
+    PYTHONPATH=<parent of the pack> python benchmarks/best_of_n_bench.py [--n 8] [--repeats 3] [--quick]
 
-Builds tiny random models (no downloads) in a temporary folder, warms every scorer up once (model loading is
-not timed), then times one batched call against N single-image calls, side by side in one run, and prints the
-ratio (loop time / batched time) per reward and overall. Rewards whose module is not in this checkout are
-skipped and named. Each timed call gets fresh prompt text, so per-(label, prompt) caches inside a reward
-never favour either side; an untimed run then checks that batched and looped scores agree (max |diff|).
+Builds tiny random models (no downloads) in a temporary folder, then times one batched call against N
+single-image calls with the shared method (``_method.py``: warm-up, so model loading is not timed; alternating
+order; repeats; min and median; load) and prints the ratio (loop / batched) per reward and overall. Rewards
+whose module is not in this checkout are skipped and named. Each timed call gets fresh prompt text, so
+per-(label, prompt) caches inside a reward never favour either side; an untimed run then checks that batched
+and looped scores agree (max |diff|).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("REWARDLOOP_NO_TQDM", "1")
-
-try:
-    import rewardloop  # noqa: F401
-except ImportError:  # run from inside the pack folder without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from _method import Timing, compare, header, parse, parser, ratio_line
 
 REWARDS = {
     "caption": {"captioner": "tiny-blip2", "text_encoder": "tiny-minilm"},
@@ -46,11 +37,12 @@ def images(n: int, size: int = 64):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=2, help="timed repeats (the minimum is reported)")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
+    if args.quick:
+        args.n = 4
 
     import torch
 
@@ -90,34 +82,39 @@ def main(argv=None) -> int:
         except Exception as e:  # one broken reward must not hide the others' numbers
             skipped.append(f"{name} (could not be built: {type(e).__name__}: {e})")
             continue
-        scorer(ims[:1], ["warm-up prompt"])  # warm-up: load models (not timed)
-        tb = tl = float("inf")
-        for r in range(args.repeat):
-            # fresh prompt text per timed call, so a reward's (label, prompt) caches never favour either side
-            pb = [f"{p} (run {r} batched)" for p in prompts]
-            pl = [f"{p} (run {r} loop)" for p in prompts]
-            t0 = time.perf_counter()
-            scorer(ims, pb)
-            tb = min(tb, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            for im, pr in zip(ims, pl):
+        fresh = {}
+
+        def before(variant, r, fresh=fresh):  # fresh prompt text per timed call: no cache favours a side
+            fresh[variant] = [f"{p} (run {r} {variant})" for p in prompts]
+
+        def batched(scorer=scorer, fresh=fresh):
+            scorer(ims, fresh.get("batched", prompts))
+
+        def loop(scorer=scorer, fresh=fresh):
+            for im, pr in zip(ims, fresh.get("loop", prompts)):
                 scorer([im], [pr])
-            tl = min(tl, time.perf_counter() - t0)
+
+        t = compare({"batched": batched, "loop": loop}, args.repeats, args.warmup, before=before)
         batched = scorer(ims, prompts)  # agreement check (not timed)
         looped = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
         diff = 0.0
         for j, s in enumerate(batched):
             diff = max(diff, max(abs(s.values[i] - looped[i][j].values[0]) for i in range(args.n)))
-        rows.append((name, ", ".join(s.name for s in batched), tb, tl, diff))
-    print(f"best-of-N scoring, N={args.n}, device={args.device}, torch threads={torch.get_num_threads()}, "
-          f"min of {args.repeat} runs")
-    print(f"{'reward':8}  {'scores':40}  {'batched s':>9}  {'loop s':>8}  {'loop/batched':>12}  max |diff|")
+        rows.append((name, ", ".join(s.name for s in batched), t["batched"], t["loop"], diff))
+    header("best-of-N scoring: one batched call vs one call per image", n=args.n, device=args.device)
     for name, names, tb, tl, diff in rows:
-        print(f"{name:8}  {names[:40]:40}  {tb:9.3f}  {tl:8.3f}  {tl / tb:11.2f}x  {diff:.2e}")
+        print(f"-- {name} ({names}); max |batched - loop| {diff:.2e}")
+        tb.name, tl.name = f"{name} batched", f"{name} loop"
+        print(tb.line())
+        print(tl.line())
+        print(ratio_line(f"{name} loop/batched", tl, tb))
     if rows:
-        tb = sum(r[2] for r in rows)
-        tl = sum(r[3] for r in rows)
-        print(f"{'all':8}  {'':40}  {tb:9.3f}  {tl:8.3f}  {tl / tb:11.2f}x")
+        tb = Timing("all batched", [sum(x) for x in zip(*(r[2].times for r in rows))], rows[-1][2].load)
+        tl = Timing("all loop", [sum(x) for x in zip(*(r[3].times for r in rows))], rows[-1][3].load)
+        print("-- all rewards (sum of each repeat)")
+        print(tb.line())
+        print(tl.line())
+        print(ratio_line("all loop/batched", tl, tb))
     for s in skipped:
         print(f"skipped: {s}")
     import shutil

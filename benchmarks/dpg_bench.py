@@ -1,6 +1,6 @@
 """DPG loss modes vs plain DreamBooth-LoRA: step time and peak memory, side by side in one run.
 
-    PYTHONPATH=.. python benchmarks/dpg_bench.py [--sizes tiny,sd15] [--steps 3] [--resolution 64]
+    PYTHONPATH=.. python benchmarks/dpg_bench.py [--sizes tiny,sd15] [--steps 2] [--resolution 64] [--quick]
 
 Models (random weights, nothing downloaded):
   * tiny  : the tiny-sd test model (+ tiny-dino) at 32 px;
@@ -10,19 +10,20 @@ Each mode trains the same LoRA (rank 4, UNet attention) with batch 1 + 1 prior i
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak bytes of tensors saved for
 backward (activation memory, measured with saved-tensor hooks, weights excluded) — the part that differs
 between modes.
-Step time: median over the measured steps (the first step is warm-up and dropped).
+Step time: each run trains ``--steps`` + 1 steps and reports the mean of the steps after the first (set-up and the
+first step are not timed); runs follow the shared method (``_method.py``: a warm-up run of every mode, modes in
+alternating order, ``--repeats`` runs, min and median, load beside each figure). ``--quick``: tiny only.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _method import Seconds, compare, header, parse, parser
 
 MODES = ["dreambooth", "look_forward", "critic", "dino"]
 
@@ -85,7 +86,7 @@ def build_vits16(root: Path) -> str:
     return "dino-vits16-random"
 
 
-def bench(name, make_components, dino, resolution, steps, work: Path, device):
+def bench(name, make_components, dino, resolution, steps, work: Path, device, repeats, warmup):
     import numpy as np
     from PIL import Image
     from rewardloop.trainers import dpg as D
@@ -95,43 +96,47 @@ def bench(name, make_components, dino, resolution, steps, work: Path, device):
              "a photo of sks dog") for i in range(2)]
     cls = [(Image.fromarray((np.random.RandomState(9).rand(resolution, resolution, 3) * 255).astype(np.uint8)),
             "a photo of dog")]
-    rows = []
-    for mode in ["warmup"] + MODES:  # an untimed DreamBooth pass first: lazy imports, allocator warm-up
-        real = "dreambooth" if mode == "warmup" else mode
-        obj = Measured(D.DPGObjective(D.DPGWeights.for_mode(real), dino_model=dino))
-        stamps = []
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        L.train_lora(comps, refs, obj, L.LoraConfig(rank=4),
-                     L.TrainConfig(steps=2 if mode == "warmup" else steps + 1, lr=1e-4, resolution=resolution, save_every=0, seed=0),
-                     work / f"{name}_{mode}", resume=False, class_dataset=cls,
-                     progress=lambda info: stamps.append(time.perf_counter()))
-        times = [b - a for a, b in zip(stamps[:-1], stamps[1:])] or [stamps[0] - t0]
-        step = statistics.median(times)
-        mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else obj.saved_peak
-        if mode != "warmup":
-            rows.append((mode, step, mem))
+    mem = {m: 0 for m in MODES}
+    runs = [0]
+
+    def variant(mode):
+        def run():
+            obj = Measured(D.DPGObjective(D.DPGWeights.for_mode(mode), dino_model=dino))
+            stamps = []
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            runs[0] += 1
+            # steps + 1 steps: the first one (data, optimizer and LoRA set-up) is not timed
+            L.train_lora(comps, refs, obj, L.LoraConfig(rank=4),
+                         L.TrainConfig(steps=steps + 1, lr=1e-4, resolution=resolution, save_every=0, seed=0),
+                         work / f"{name}_{mode}_{runs[0]}", resume=False, class_dataset=cls,
+                         progress=lambda info: stamps.append(time.perf_counter()))
+            peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else obj.saved_peak
+            mem[mode] = max(mem[mode], peak)
+            return Seconds((stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1))
+        return run
+
+    t = compare({m: variant(m) for m in MODES}, repeats, warmup)
     del comps
-    base_t, base_m = rows[0][1], rows[0][2]
+    base = t["dreambooth"]
     label = "peak VRAM MB" if device.type == "cuda" else "saved-activation MB"
-    print(f"\n== {name} @ {resolution}px, batch 1 + 1 prior, LoRA rank 4, {steps} timed steps, device {device}")
-    print(f"{'mode':<14}{'s/step':>10}{'× DB':>8}{label:>22}{'× DB':>8}")
-    for mode, t, m in rows:
-        print(f"{mode:<14}{t:>10.3f}{t / base_t:>8.2f}{m / 2 ** 20:>22.1f}{m / max(base_m, 1):>8.2f}")
-    return rows
+    print(f"\n-- {name} @ {resolution}px, batch 1 + 1 prior, LoRA rank 4, {steps} timed steps per run, device {device}")
+    for mode in MODES:
+        print(f"{t[mode].line(width=14, unit_name='s/step')}  x DB (min) {t[mode].min / base.min:5.2f}  "
+              f"{label} {mem[mode] / 2 ** 20:9.1f} (x DB {mem[mode] / max(mem['dreambooth'], 1):.2f})")
+    return t
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny,sd15")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="timed training steps per run (after one untimed step)")
     ap.add_argument("--resolution", type=int, default=64, help="resolution for the SD1.5-sized run")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("REWARDLOOP_NO_TQDM", "1")
+    args = parse(ap, argv)
+    if args.quick:
+        args.sizes = "tiny"
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="dpg-bench-"))
     os.environ["REWARDLOOP_MODELS"] = str(work / "models")
@@ -139,16 +144,17 @@ def main(argv=None):
     from rewardloop.trainers import lora as L
     from rewardloop.weights import tiny
     device = bridge.get_device()
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    header("DPG loss modes vs DreamBooth-LoRA: step time and memory", device=device, sizes=args.sizes)
     for size in args.sizes.split(","):
         if size == "tiny":
             tiny.build("tiny-sd", work / "models")
             tiny.build("tiny-dino", work / "models")
             bench("tiny-sd", lambda: L.load_base("tiny-sd", dtype="fp32", device=device), "tiny-dino", 32,
-                  args.steps, work, device)
+                  args.steps, work, device, args.repeats, args.warmup)
         elif size == "sd15":
             dino = build_vits16(work / "models")
-            bench("sd15-sized", lambda: sd15_components(device), dino, args.resolution, args.steps, work, device)
+            bench("sd15-sized", lambda: sd15_components(device), dino, args.resolution, args.steps, work, device,
+                  args.repeats, args.warmup)
         else:
             sys.exit(f"unknown size {size}")
 
