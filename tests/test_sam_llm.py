@@ -132,6 +132,25 @@ def test_prefix_cache_forward_equals_plain_forward(models):
         assert max(abs(x - y) for x, y in zip(a.probs, b.probs)) < 1e-5
 
 
+def test_prefill_is_separated_from_the_assistant_tag(models):
+    import copy
+
+    def judge_with(template):
+        tok = copy.deepcopy(models["llm"].processor)
+        tok.chat_template = template
+        return LLMJudge(type(models["llm"])(**{**models["llm"].__dict__, "processor": tok}), cache=JudgeCache())
+
+    # the Vicuna layout (no chat template) and the tiny LLM's Vicuna-style template both end in "ASSISTANT:"
+    for judge in (judge_with(None), LLMJudge(models["llm"], cache=JudgeCache())):
+        text, _ = judge.pair_text(" cat ", "a cat on a bench")
+        assert text.endswith("ASSISTANT: cat:") and "ASSISTANT:cat" not in text
+    # a template whose generation prompt ends with a newline: the label follows it directly
+    judge = judge_with("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    text, _ = judge.pair_text("cat", "a cat on a bench")
+    assert text.endswith("<|assistant|>\ncat:")
+
+
 def test_cache_hit_on_repeated_labels(models, monkeypatch):
     cache = JudgeCache()
     judge = LLMJudge(models["llm"], cache=cache)
