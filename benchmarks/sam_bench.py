@@ -1,9 +1,11 @@
-"""Our batched SAM mask generation vs segment-anything's stock SamAutomaticMaskGenerator, same model, same settings.
+"""Our SAM mask generation (low-res and exact selection) vs segment-anything's SamAutomaticMaskGenerator.
 
 A random SAM with ViT-B sizes (embed 768, depth 12, 12 heads, global attention at 2/5/8/11, 256-d decoder) is
-built with ``weights.tiny.make_sam`` (no download). Thresholds are 0 by default so that random weights still
-produce masks and both pipelines do the full work (upsampling, stability, NMS). Prints seconds per image for
-each, the ratio, the image-encoder share, and mask agreement (greedy IoU matching).
+built with ``weights.tiny.make_sam`` (no download); same model, same settings for every variant. Thresholds are
+0 by default so that random weights still produce masks and every pipeline does the full work (measuring every
+candidate, NMS). Prints seconds per image for each (and the encoder alone), the ratios, and mask agreement with
+the stock generator (greedy IoU matching). Random weights give noisy logits: the low-res selection's agreement
+is a lower bound of what a trained SAM's smooth logits give.
 
     python benchmarks/sam_bench.py [--img-size 1024] [--image 256] [--points 8] [--repeats 3] [--quick]
 
@@ -50,14 +52,14 @@ def main(argv=None) -> None:
 
     result = {}
 
-    def run(backend):
+    def run(name, **kw):
         def go():
-            result[backend] = segment_images(sam, [pil], SegmentOptions(backend=backend, **common))[0]
+            result[name] = segment_images(sam, [pil], SegmentOptions(**common, **kw))[0]
         return go
 
-    header("SAM automatic masks: ours (batched) vs segment-anything's generator",
-           model=f"{'narrow' if args.quick else 'ViT-B-sized'} random weights ({n_params / 1e6:.1f} M params)", encoder_input=args.img_size,
-           image=f"{args.image}x{args.image}", points=f"{args.points}x{args.points}",
+    header("SAM automatic masks: ours (low-res / exact selection) vs segment-anything's generator",
+           model=f"{'narrow' if args.quick else 'ViT-B-sized'} random weights ({n_params / 1e6:.1f} M params)",
+           encoder_input=args.img_size, image=f"{args.image}x{args.image}", points=f"{args.points}x{args.points}",
            thresholds=f"iou>{args.iou} stability>={args.stability} nms {args.nms}")
     from rewardloop.rewards.segments import _encode
 
@@ -65,14 +67,23 @@ def main(argv=None) -> None:
         with torch.no_grad():
             _encode(sam, pil)
 
-    t = compare({"image encoder alone": encoder, "ours (batched)": run("batched"), "stock AMG": run("stock")},
-                args.repeats, args.warmup)
+    variants = {"image encoder alone": encoder, "ours, low-res selection": run("low"),
+                "ours, exact selection": run("exact", exact_selection=True), "stock AMG": run("stock", backend="stock")}
+    t = compare(variants, args.repeats, args.warmup)
     enc = t["image encoder alone"].min
-    print(t["image encoder alone"].line(unit_name="s/image"))
-    ours, stock = result["batched"], result["stock"]
-    t_ours, t_stock = t["ours (batched)"], t["stock AMG"]
+    print(t["image encoder alone"].line(unit_name="s/image", width=26))
+    for name, key in (("ours, low-res selection", "low"), ("ours, exact selection", "exact"), ("stock AMG", "stock")):
+        print(f"{t[name].line(unit_name='s/image', width=26)}  ({len(result[key])} masks)")
+    for name in ("ours, low-res selection", "ours, exact selection"):
+        print(ratio_line(f"stock / {name}, end to end", t["stock AMG"], t[name]))
+        print(f"  after the shared encoder forward (min): "
+              f"{max(t['stock AMG'].min - enc, 1e-9) / max(t[name].min - enc, 1e-9):.2f}x")
+    for key in ("low", "exact"):
+        print(f"mask agreement, ours ({key} selection) vs stock: " + agreement(result[key], result["stock"]))
 
-    # agreement: greedy one-to-one matching by IoU
+
+def agreement(ours, stock) -> str:
+    """Greedy one-to-one matching by IoU."""
     a = ours.masks.reshape(len(ours), -1).float()
     b = stock.masks.reshape(len(stock), -1).float()
     if len(a) and len(b):
@@ -91,14 +102,8 @@ def main(argv=None) -> None:
         frac = float((matched > 0.95).sum()) / max(len(a), len(b))
     else:
         mean_iou, frac = float("nan"), float(len(a) == len(b))
-
-    print(f"{t_ours.line(unit_name='s/image')}  ({len(ours)} masks)")
-    print(f"{t_stock.line(unit_name='s/image')}  ({len(stock)} masks)")
-    print(ratio_line("speed ratio stock/ours end to end", t_stock, t_ours))
-    print(f"after the shared encoder forward (min): "
-          f"{max(t_stock.min - enc, 1e-9) / max(t_ours.min - enc, 1e-9):.2f}x")
-    print(f"mask agreement: {len(ours)} vs {len(stock)} masks, mean matched IoU {mean_iou:.4f}, "
-          f"matched with IoU>0.95: {100 * frac:.1f}%")
+    return (f"{len(ours)} vs {len(stock)} masks, mean matched IoU {mean_iou:.4f}, matched with IoU>0.95: "
+            f"{100 * frac:.1f}%")
 
 
 if __name__ == "__main__":
