@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Iterable
@@ -193,7 +194,9 @@ class Progress:
         if console and os.environ.get("REWARDLOOP_NO_TQDM") != "1":
             try:
                 from tqdm.auto import tqdm
-                self._tqdm = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+                # stderr, and only on a terminal (disable=None): bars never mix into piped tables or logs
+                self._tqdm = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                                  disable=None)
             except Exception:
                 self._tqdm = None
 
@@ -265,6 +268,8 @@ def folder_search_paths(folder: str) -> list[Path]:
     """Where files of ``folder`` are looked for, in order: ComfyUI, REWARDLOOP_MODELS, the pack."""
     paths = comfy_folder_paths(folder)
     paths += [root / folder for root in models_roots()]
+    if folder == "loras" and not paths:
+        paths.append(loras_dir())          # LoRAs trained outside ComfyUI
     paths.append(pack_models_dir() / folder)
     seen, out = set(), []
     for p in paths:
@@ -292,10 +297,12 @@ def list_folder(folder: str, exts: Iterable[str] | None = None, dirs: bool = Tru
 
 
 def output_dir() -> Path:
+    """Where outputs go: ComfyUI's output folder, else ``REWARDLOOP_OUTPUT``, else ``./output`` (never the pack)."""
     fp = _folder_paths()
     if fp is not None:
         return Path(fp.get_output_directory())
-    return Path(os.environ.get("REWARDLOOP_OUTPUT", Path.cwd() / "output"))
+    env = os.environ.get("REWARDLOOP_OUTPUT")
+    return Path(env).expanduser() if env else Path.cwd() / "output"
 
 
 def temp_dir() -> Path:
@@ -307,11 +314,12 @@ def temp_dir() -> Path:
 
 
 def loras_dir() -> Path:
-    """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the pack's."""
+    """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the first ``REWARDLOOP_MODELS``
+    root's ``loras``, else ``<output>/loras`` (:func:`output_dir`), never the installed pack's folder."""
     paths = comfy_folder_paths("loras")
     if paths:
         return paths[0]
     roots = models_roots()
     if roots:
         return roots[0] / "loras"
-    return pack_models_dir() / "loras"
+    return output_dir() / "loras"

@@ -1,9 +1,7 @@
 """``caption``: print a caption for each image file (the captioner of the caption reward)."""
 from __future__ import annotations
 
-import json
-
-from .cmd_score import collect_images
+from ._checks import add_device_args, check_int, check_model, collect_images, load_images
 
 
 def register(sub):
@@ -16,21 +14,24 @@ def register(sub):
                    help="short (the paper's, unconditional) or detailed (prompted)")
     p.add_argument("--max-new-tokens", type=int, default=30, help="longest caption in tokens (default 30)")
     p.add_argument("--batch-size", type=int, default=8, help="images per generate call (default 8)")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
-    p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
+    add_device_args(p)
     p.add_argument("--json", action="store_true", help="print JSON [{file, caption}] instead of lines")
     p.set_defaults(func=cmd_caption)
 
 
 def cmd_caption(args) -> int:
     from ..rewards.caption_reward import caption
-    from ..rewards.images import as_pil_list
+    from ..rewards.report import dumps
     from ..weights.loaders import load_captioner
+    check_int("--max-new-tokens", args.max_new_tokens, 1, 4096)
+    check_int("--batch-size", args.batch_size, 1)
+    check_model(args.model, "blip", "--model")
     files = collect_images(args.images)
+    images = load_images(files)
     handle = load_captioner(args.model, dtype=args.dtype, device=args.device)
-    caps = caption(handle, as_pil_list(files), args.mode, args.max_new_tokens, args.batch_size)
+    caps = caption(handle, images, args.mode, args.max_new_tokens, args.batch_size)
     if args.json:
-        print(json.dumps([{"file": str(f), "caption": c} for f, c in zip(files, caps)], indent=2))
+        print(dumps([{"file": str(f), "caption": c} for f, c in zip(files, caps)]))
     else:
         for f, c in zip(files, caps):
             print(f"{f}\t{c}")

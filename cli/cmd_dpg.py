@@ -71,7 +71,10 @@ def parse_weights(items, mode: str):
         k = k.strip().replace("-", "_")
         if k not in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
             raise ValueError(f"--weight: unknown term {k!r}.")
-        over[k] = float(v)
+        try:
+            over[k] = float(v)
+        except ValueError:
+            raise ValueError(f"--weight {it!r}: the value must be a number, e.g. {k}=0.1.") from None
     return DPGWeights.for_mode(mode, **over)
 
 

@@ -34,15 +34,23 @@ def cmd_models(args) -> int:
 
 
 def cmd_download(args) -> int:
+    from ..errors import UserError
+    from ._checks import check_out_dir
     keys = list(args.keys)
     if args.profile:
         from ..weights.catalogue import specs_for_profile
         keys += [s.key for s in specs_for_profile(args.profile)]
     if not keys:
-        raise ValueError("Name models to download (see `python -m rewardloop models`) or pass --profile "
-                         f"({', '.join(PROFILES)}).")
-    for k in dict.fromkeys(keys):
-        get_spec(k)
+        raise UserError("Name models to download (see `python -m rewardloop models`) or pass --profile "
+                        f"({', '.join(PROFILES)}).")
+    keys = list(dict.fromkeys(keys))
+    for k in keys:  # every name is checked before anything is fetched
+        spec = get_spec(k)
+        if spec.source in ("tiny", "manual"):
+            raise UserError(f"{k} cannot be downloaded: {registry.fetch_command(spec)}")
+    if args.root:
+        check_out_dir(args.root, overwrite=True, flag="--root")
+    for k in keys:
         path = registry.download(k, args.root)
         print(f"{k}: {path}")
     return 0

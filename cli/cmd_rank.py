@@ -11,11 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+from ..errors import UserError
 from ..fileio import atomic_save, atomic_write_text
-from ..rewards.images import as_pil_list, broadcast_prompts
+from ..rewards.images import broadcast_prompts
 from ..rewards.ranking import MODE_ALIASES, assemble_rank
-from ..rewards.scoring import available, make_scorer, parse_model_options
-from .cmd_score import collect_images, split_names
+from ..rewards.scoring import available, check_scorers, make_scorer, parse_model_options, score_names
+from ._checks import (add_device_args, check_int, check_out_dir, collect_images, derived_name, load_images,
+                      split_names)
 
 THUMB = 256
 
@@ -39,15 +41,43 @@ def register(sub):
     p.add_argument("--model", action="append", metavar="ROLE=MODEL",
                    help="model for a role, e.g. captioner=blip-large, llm=…, rich_feedback=…; given only to the "
                         "rewards that take that role; REWARD.ROLE=MODEL (e.g. sam_llm.captioner=…) for one reward")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
-    p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
+    add_device_args(p)
     p.set_defaults(func=cmd_rank)
 
 
 def expand_prompts(prompts: list[str], n: int, group_size: int) -> list[str]:
+    if any(not str(p).strip() for p in prompts):
+        raise UserError("--prompt is empty: type the text the images were generated from.")
     if group_size and group_size > 0 and len(prompts) > 1 and len(prompts) * group_size == n:
         return [p for p in prompts for _ in range(group_size)]
     return broadcast_prompts(prompts if len(prompts) > 1 else prompts[0], n)
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """``--weights 1,0.5`` → finite, non-negative numbers, not all zero."""
+    if text is None:
+        return None
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise UserError(f"--weights must be comma-separated numbers, got {text!r}.") from None
+    if not weights:
+        raise UserError("--weights is empty: give comma-separated numbers such as 1,1,0.5 (or leave it out).")
+    if any(not (w >= 0 and w < float("inf")) for w in weights):
+        raise UserError(f"--weights must be finite and ≥ 0, got {text!r}.")
+    if not any(weights):
+        raise UserError("--weights are all 0: give at least one reward a positive weight.")
+    return weights
+
+
+def check_weight_count(reward_names: list[str], weights: list[float] | None) -> None:
+    """One weight per reward or one per score, known before any model loads."""
+    if weights is None:
+        return
+    n_scores = sum(len(score_names(n)) for n in reward_names)
+    if len(weights) not in (len(reward_names), n_scores):
+        raise UserError(f"--weights has {len(weights)} values: give one per reward ({len(reward_names)}: "
+                        f"{', '.join(reward_names)}) or one per score ({n_scores}).")
 
 
 def score_weights(reward_names: list[str], per_reward: list[list], weights: list[float] | None) -> list[float]:
@@ -82,7 +112,7 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
     names: dict[int, str] = {}
     for i in ranking.order:
         stem = f"g{ranking.group[i]:03d}_" if multi else ""
-        names[i] = f"{stem}{ranking.position[i] + 1:03d}_{files[i].name}"
+        names[i] = f"{stem}{ranking.position[i] + 1:03d}_{derived_name(files[i].stem, files[i].suffix)}"
         dest = out / "ranked" / names[i]
         if dest.exists() and not overwrite:
             raise ValueError(f"{dest} already exists: add --overwrite to replace it.")
@@ -141,24 +171,19 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
 
 
 def cmd_rank(args) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder.")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
-    files = collect_images(args.images)
-    images = as_pil_list(files)
-    prompts = expand_prompts(args.prompt, len(images), args.group_size)
-    models = parse_model_options(args.model)
+    out = check_out_dir(args.out, args.overwrite)
     reward_names = split_names(args.rewards)
-    if not reward_names:
-        raise ValueError(f"--rewards is empty: choose from {', '.join(available())}.")
-    weights = None
-    if args.weights:
-        try:
-            weights = [float(w) for w in args.weights.split(",") if w.strip()]
-        except ValueError:
-            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
+    models = parse_model_options(args.model)
+    weights = parse_weights(args.weights)
+    check_int("--group-size", args.group_size, 0)
+    check_scorers(reward_names, models)  # names, roles, every model on disk: before anything loads
+    check_weight_count(reward_names, weights)
+    files = collect_images(args.images)
+    if args.group_size and len(files) % args.group_size:
+        raise UserError(f"{len(files)} images do not split into groups of --group-size {args.group_size}: give a "
+                        f"divisor of {len(files)} (or 0 for one group).")
+    prompts = expand_prompts(args.prompt, len(files), args.group_size)
+    images = load_images(files)
     per_reward = []
     for name in reward_names:
         scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)

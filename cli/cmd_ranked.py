@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RUNS_SUBDIR = "rewardloop_ranked"
-
 
 def register(sub):
+    from ..trainers.ranked import RUNS_SUBDIR
     p = sub.add_parser("train-ranked", help="reward-ranked LoRA fine-tuning: sample K per prompt, rank by rewards, "
                                             "train on the best, repeat")
     p.add_argument("--base", required=True, help="base model: diffusers folder, single-file checkpoint or name/key")
@@ -26,7 +25,8 @@ def register(sub):
                                                 f"{RUNS_SUBDIR}/<out>")
     p.add_argument("--run-dir", default=None, help="run directory (default: see --out)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing LoRA file of the same name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing LoRA of the same name and start its run afresh")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (paper: 4)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (paper: 9e-6 with many more steps)")
@@ -68,16 +68,18 @@ def build_scorers(names: list[str], models: dict, device=None, dtype=None) -> li
 def cmd_train_ranked(args) -> int:
     from .. import bridge
     from ..fileio import safe_output_path
-    from ..rewards.scoring import parse_model_options
-    from ..trainers.lora import LoraConfig, TrainConfig
+    from ..rewards import scoring
+    from ..trainers import run_folder
+    from ..trainers.lora import LoraConfig, TrainConfig, check_base
     from ..trainers.prompts import read_prompts
-    from ..trainers.ranked import RankedConfig, RankedTrainer
+    from ..trainers.ranked import RUNS_SUBDIR, RankedConfig, RankedTrainer, check_run
     from .cmd_score import split_names
 
+    # everything is checked before a reward model or the base is loaded
+    names = split_names([args.rewards])
+    models = scoring.parse_model_options(args.model)
+    scoring.check_scorers(names, models)   # reward names, ROLE= keys, and every model each reward would load
     prompts = read_prompts(args.prompts, args.limit)
-    lora_path = safe_output_path(bridge.loras_dir(), args.out, ".safetensors", overwrite=True)
-    run_dir = Path(args.run_dir) if args.run_dir else safe_output_path(
-        bridge.output_dir() / RUNS_SUBDIR, args.out, overwrite=True)
     cfg = RankedConfig(k=args.k, rounds=args.rounds, top=args.top, weights=parse_weights(args.weights),
                        mode=args.mode, gen_steps=args.gen_steps, cfg=args.cfg, negative=args.negative,
                        gen_batch=args.gen_batch, seed=args.seed, eval_final=not args.no_eval,
@@ -87,16 +89,20 @@ def cmd_train_ranked(args) -> int:
     train_cfg = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
                             resolution=args.resolution, seed=args.seed)
-    scorers = build_scorers(split_names([args.rewards]), parse_model_options(args.model), args.device, args.dtype)
+    lora_cfg.validate()
+    train_cfg.validate()
     dtype = bridge.parse_dtype(args.dtype) if args.dtype else None
-    try:
-        trainer = RankedTrainer(args.base, prompts, scorers, run_dir, cfg, lora_cfg, train_cfg, resume=args.resume,
-                                dtype=dtype, device=args.device)
+    check_base(args.base)
+    lora_path = safe_output_path(bridge.loras_dir(), args.out, ".safetensors", overwrite=True)
+    run_dir = Path(args.run_dir) if args.run_dir else run_folder.run_dir_for(RUNS_SUBDIR, args.out)
+    with run_folder.claim(run_dir):     # one process per run, and nothing left behind by a failed start
+        check_run(run_dir, prompts, cfg, lora_cfg, train_cfg, args.base, args.resume, args.overwrite, lora_path)
+        scorers = build_scorers(names, models, args.device, args.dtype)
+        trainer = RankedTrainer(args.base, prompts, scorers, run_dir, cfg, lora_cfg, train_cfg,
+                                resume=args.resume, dtype=dtype, device=args.device, overwrite=args.overwrite)
         with bridge.Progress(trainer.units_total(), desc="train-ranked") as progress:
             trainer.progress = progress
             result = trainer.run(lora_path, overwrite=args.overwrite)
-    except FileExistsError as e:  # an existing run or LoRA: say what to change
-        raise ValueError(str(e)) from None
     print(f"run dir: {result.run_dir}")
     print(result.table_path.read_text().rstrip())
     print(f"plot: {result.plot_path}")

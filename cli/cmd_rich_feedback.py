@@ -43,6 +43,11 @@ def register(sub):
     t.add_argument("--resume", default="auto", help="auto (latest checkpoint in --out), none, or a checkpoint folder")
     t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     t.add_argument("--skip-missing", action="store_true", help="skip records without image or prompt")
+    t.add_argument("--skip-bad-records", action="store_true",
+                   help="leave out records without the four finite scores, with bad labels or unreadable heatmaps "
+                        "(default: refuse the data); says how many were left out")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in --out (its checkpoints and model are "
+                   "removed); default: resume an unfinished run there")
     t.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     t.set_defaults(func=cmd_train)
 
@@ -55,6 +60,8 @@ def register(sub):
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     e.add_argument("--no-keywords", action="store_true", help="skip the T5 decoder (no keyword metrics)")
     e.add_argument("--skip-missing", action="store_true", help="skip records without image or prompt")
+    e.add_argument("--skip-bad-records", action="store_true",
+                   help="leave out records without the four finite scores, with bad labels or unreadable heatmaps")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None)
     e.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -68,12 +75,24 @@ def _default_out_dir() -> Path:
 
 
 def cmd_convert(args) -> int:
+    from ..errors import UserError
     from ..fileio import safe_output_path
     from ..rewards.rich_feedback.convert import convert_checkpoint
-    try:
-        out = safe_output_path(args.out_dir or _default_out_dir(), args.name, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise ValueError(str(e)) from None
+    from ..weights.safe_load import check_model_files
+    from ._checks import check_int, check_out_dir
+    src = Path(args.src)
+    if not src.is_file():
+        raise UserError(f"{src} {'is not a file' if src.exists() else 'does not exist'}: give the RichHF checkpoint "
+                        "file (model.pt).")
+    check_model_files(src)  # a code-carrying pickle or a damaged file is refused before anything loads
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        raise UserError(f"--tokenizer {args.tokenizer} is not a folder: give the t5-base tokenizer folder.")
+    if args.vit_heads is not None:
+        check_int("--vit-heads", args.vit_heads, 1, 1024)
+    if args.out_dir:
+        check_out_dir(args.out_dir, overwrite=True, flag="--out-dir")
+    out = safe_output_path(args.out_dir or _default_out_dir(), args.name, overwrite=args.overwrite)
+    check_out_dir(str(out), overwrite=True, flag="--name")
     rep = convert_checkpoint(args.src, out, tokenizer=args.tokenizer, vit_heads=args.vit_heads,
                              overwrite=args.overwrite)
     cfg = rep["config"]
@@ -91,8 +110,10 @@ def cmd_train(args) -> int:
                       batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr,
                       weight_decay=args.weight_decay, warmup=args.warmup, mixed_precision=args.mixed_precision,
                       save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-                      resume=args.resume, num_workers=args.workers, skip_missing=args.skip_missing, cpu=args.cpu)
+                      resume=args.resume, num_workers=args.workers, skip_missing=args.skip_missing, cpu=args.cpu,
+                      skip_bad=args.skip_bad_records, overwrite=args.overwrite)
     res = train(cfg)
+    _report_skipped(res["skipped_bad"])
     if res["model"]:
         print(f"trained to step {res['step']}: {res['model']} (last loss {res['losses'][-1]:.4f})")
     return 0
@@ -102,7 +123,13 @@ def cmd_eval(args) -> int:
     from ..rewards.rich_feedback.metrics import format_table
     from ..rewards.rich_feedback.model import load_rich_feedback
     from ..trainers.rich_feedback import ImageSource, evaluate, read_richhf
-    records = read_richhf(args.data)
+    from ..weights.registry import resolve
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--batch-size and --limit must be at least 1.")
+    resolve(args.model, folder="rich_feedback")          # a missing model: one line before reading any data
+    skipped: list[str] = []
+    records = read_richhf(args.data, skip_bad=args.skip_bad_records, skipped=skipped)
+    _report_skipped(skipped)
     images = ImageSource(args.images, args.parquet, uids={r.uid for r in records} if args.parquet else None)
     handle = load_rich_feedback(args.model, dtype=args.dtype, device=args.device)
     res = evaluate(handle, records, images, args.batch_size, args.limit, not args.no_keywords,
@@ -113,6 +140,12 @@ def cmd_eval(args) -> int:
         print(f"{res['n']} images, model {handle.name}")
         print(format_table(res["scores"], res["heatmaps"], res["keywords"]))
     return 0
+
+
+def _report_skipped(skipped: list[str]) -> None:
+    import sys
+    if skipped:
+        print(f"skipped {len(skipped)} bad record(s) (--skip-bad-records), first: {skipped[0]}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- selftest

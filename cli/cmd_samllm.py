@@ -5,7 +5,7 @@ the judge alone, and this module registers the SAM + LLM selftest checks.
 """
 from __future__ import annotations
 
-import json
+from ._checks import add_device_args, check_model
 
 
 def register(sub):
@@ -19,25 +19,34 @@ def register(sub):
                         "prompt-label similarity of --text-encoder (no LLM)")
     p.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
                    help="text encoder of the semantic judge (key, folder in models/clip, or path)")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
-    p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_device_args(p)
+    p.add_argument("--json", action="store_true", help="print strict JSON (a value that does not apply is null)")
     p.set_defaults(func=cmd_judge)
 
 
 def cmd_judge(args) -> int:
+    from ..errors import UserError
+    from ..rewards.report import dumps
     from ..rewards.sam_llm import make_judge, reward_from_scores
+    labels = [lab.strip() for lab in args.labels]
+    if any(not lab for lab in labels):
+        raise UserError("A label is empty: give words such as cat bench 'traffic light'.")
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty: type the scene (the text-to-image prompt).")
+    args.labels = labels
     if args.mode == "semantic":
         from ..rewards.similarity import load_text_encoder
+        check_model(args.text_encoder, "clip", "--text-encoder")
         judge = make_judge("semantic", text_encoder=load_text_encoder(args.text_encoder, dtype=args.dtype,
                                                                       device=args.device))
     else:
         from ..weights.loaders import load_llm
+        check_model(args.llm, "LLM", "--llm")
         judge = make_judge(args.mode, llm=load_llm(args.llm, dtype=args.dtype, device=args.device))
     got = judge.judge(args.labels, args.prompt)
     r = reward_from_scores([j.score for j in got])
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "reward": r, "labels": [
+        print(dumps({"prompt": args.prompt, "reward": r, "labels": [
             {"label": j.label, "score": j.score, "p": list(j.probs), "digit_mass": j.digit_mass, "raw": j.raw}
             for j in got]}, indent=1))
         return 0

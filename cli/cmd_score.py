@@ -1,13 +1,9 @@
 """``score``: score image files with one or more rewards and print a table (or JSON)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..rewards.images import as_pil_list, broadcast_prompts
 from ..rewards.report import scores_json, scores_table
-from ..rewards.scoring import available, make_scorer, parse_model_options
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+from ..rewards.scoring import available, check_scorers, make_scorer, parse_model_options
+from ._checks import add_device_args, check_prompts, collect_images, load_images, split_names
 
 
 def register(sub):
@@ -19,42 +15,25 @@ def register(sub):
                    help="the prompt (once for all images, or once per image in order)")
     p.add_argument("--model", action="append", metavar="ROLE=MODEL",
                    help="model for a role, e.g. captioner=blip-large, text_encoder=all-MiniLM-L6-v2, llm=…")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: best available)")
-    p.add_argument("--dtype", default=None, help="auto, fp32, fp16, bf16")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_device_args(p)
+    p.add_argument("--json", action="store_true",
+                   help="print JSON {files, prompts, scores} instead of a table (strict JSON: NaN is null)")
     p.set_defaults(func=cmd_score)
 
 
-def collect_images(items) -> list[Path]:
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"Image {p} does not exist.")
-    if not files:
-        raise ValueError("No images found: pass image files or folders with .png/.jpg/.webp files.")
-    return files
-
-
-def split_names(values) -> list[str]:
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
-
-
 def cmd_score(args) -> int:
-    files = collect_images(args.images)
-    images = as_pil_list(files)
-    prompts = broadcast_prompts(args.prompt if len(args.prompt) > 1 else args.prompt[0], len(images))
+    names = split_names(args.reward)
     models = parse_model_options(args.model)
+    check_scorers(names, models)  # names, roles, every model on disk: before anything loads
+    files = collect_images(args.images)
+    images = load_images(files)
+    prompts = check_prompts(args.prompt, len(images))
     scores = []
-    for name in split_names(args.reward):
+    for name in names:
         scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
         scores += scorer(images, prompts)
     if args.json:
-        print(scores_json(scores))
+        print(scores_json(scores, files, prompts))
     else:
         print("\n".join(f"{i}: {f}" for i, f in enumerate(files)))
         print(scores_table(scores))

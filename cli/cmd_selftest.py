@@ -65,8 +65,18 @@ def run_checks(ctx: SelftestContext, only=None) -> list[tuple[str, bool, float, 
 
 
 def cmd_selftest(args) -> int:
+    from ..errors import UserError
+    from ..weights.loaders import quiet_transformers
+    from ._checks import check_out_dir
+    names = [n for n, _ in all_checks()]
+    for o in args.only or []:
+        if not any(o in n for n in names):
+            raise UserError(f"--only {o!r} matches no check; the checks are: {'; '.join(names)}.")
+    if args.keep:
+        check_out_dir(args.keep, overwrite=True, flag="--keep")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    quiet_transformers()  # no library progress bars between the table's lines
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rewardloop-selftest-"))
     ctx = SelftestContext(root)
     old = os.environ.get("REWARDLOOP_MODELS")

@@ -23,7 +23,14 @@ def cmd_workflows(args) -> int:
 
         from ..workflows import core_nodes
         if args.object_info:
-            info = json.loads(Path(args.object_info).read_text())
+            from ..errors import UserError
+            try:
+                info = json.loads(Path(args.object_info).read_text())
+            except (OSError, ValueError) as e:
+                raise UserError(f"--object-info {args.object_info}: not a readable /object_info JSON file "
+                                f"({type(e).__name__}: {e}).") from None
+            if not isinstance(info, dict):
+                raise UserError(f"--object-info {args.object_info}: expected a JSON object of node specs.")
         elif args.url:
             info = core_nodes.fetch_object_info(args.url)
         else:

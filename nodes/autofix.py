@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..rewards.inpaint import ComfySampler, auto_fix
-from ._common import CATEGORY, SCORER
+from ._common import CATEGORY, SCORER, check_map_fits, image_hw, validated
 
 FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2m",
                      "dpmpp_2m_sde", "dpmpp_sde", "ddim", "uni_pc"]
@@ -69,14 +69,28 @@ class RewardLoopAutoFix:
                                                  "present, else its first score)."}),
         }}
 
+    @validated
     def fix(self, model, positive, negative, vae, image, mask, k, steps, cfg, sampler_name, scheduler, denoise,
             seed, scorer=None, prompt="", score_name=""):
         from ..bridge import Progress
+        from ..errors import UserError
+        from ..rewards.images import broadcast_prompts, mask_to_batch
+        h, w = image_hw(image)
+        b = image.shape[0] if image.ndim == 4 else 1
+        masks = mask_to_batch(mask)
+        check_map_fits("mask", masks, image)
+        if tuple(masks.shape[-2:]) != (h, w):
+            raise UserError(f"The mask is {masks.shape[-1]}×{masks.shape[-2]} but the image is {w}×{h}: make the "
+                            "mask at the image size (Heatmap → Mask with the image connected).")
+        from ..rewards.rich_feedback.predict import SCORE_NAMES  # the default re-scorer's
+        names = list(getattr(scorer, "names", []) or []) if scorer is not None else SCORE_NAMES
+        if score_name and names and score_name not in names:
+            raise UserError(f"score_name {score_name!r} is not a score of the connected scorer: use one of "
+                            f"{', '.join(names)} (or leave it empty).")
+        prompts = broadcast_prompts(prompt, b) if (prompt or "").strip() else ""
         sampler = make_sampler(model, positive, negative, vae, steps, cfg, sampler_name, scheduler, denoise)
-        lines = [p.strip() for p in (prompt or "").splitlines() if p.strip()]
-        prompts = lines if len(lines) == image.shape[0] and len(lines) > 1 else " ".join(lines)
         with Progress(image.shape[0], "auto-fix") as bar:
-            res = auto_fix(image, mask, sampler, scorer, k=k, seed=seed, prompt=prompts,
+            res = auto_fix(image, masks, sampler, scorer, k=k, seed=seed, prompt=prompts,
                            score_name=score_name or None, progress=bar)
         report = res.summary()
         return {"ui": {"text": [report]}, "result": (res.images, res.candidates, res.mask, report)}

@@ -5,6 +5,7 @@ Thin adapters over ``rewards/caption_reward.py`` and ``rewards/similarity.py``.
 from __future__ import annotations
 
 from ._common import (CAPTIONER, CATEGORY, DEVICES, DTYPES, SCORER, SCORES, TEXT_ENCODER, device_arg,
+                      validated,
                       model_choices)
 
 _CAT = f"{CATEGORY}/caption"
@@ -60,6 +61,7 @@ class RewardLoopCaptionerLoader:
             "device": (DEVICES, {"default": "auto", "tooltip": "auto: ComfyUI's device."}),
         }}
 
+    @validated
     def load(self, model, dtype="auto", device="auto"):
         from ..weights.loaders import load_captioner
         return (load_captioner(model, dtype=dtype, device=device_arg(device)),)
@@ -89,6 +91,7 @@ class RewardLoopTextEncoderLoader:
                 "HPS-v1's hpc.pt gives FineRewards' exact similarity. Loaded weights-only.")}),
         }}
 
+    @validated
     def load(self, model, dtype="auto", device="auto", hps_weights="none"):
         from ..rewards.similarity import load_text_encoder
         return (load_text_encoder(model, dtype=dtype, device=device_arg(device), weights=hps_weights),)
@@ -111,6 +114,7 @@ class RewardLoopCaption:
             **_gen_inputs(),
         }, "optional": {"keep_loaded": _KEEP}}
 
+    @validated
     def caption(self, captioner, images, mode="short", max_new_tokens=30, batch_size=8, keep_loaded=False):
         from ..rewards.caption_reward import caption
         caps = caption(captioner, images, mode, max_new_tokens, batch_size, keep_loaded)
@@ -139,6 +143,7 @@ class RewardLoopCaptionReward:
             **_gen_inputs(),
         }, "optional": {"keep_loaded": _KEEP}}
 
+    @validated
     def score(self, captioner, text_encoder, images, prompt, mode="short", max_new_tokens=30, batch_size=8,
               keep_loaded=False):
         from ..rewards.caption_reward import caption_reward
@@ -164,6 +169,7 @@ class RewardLoopCaptionScorer:
             **_gen_inputs(),
         }, "optional": {"keep_loaded": _KEEP}}
 
+    @validated
     def make(self, captioner, text_encoder, mode="short", max_new_tokens=30, batch_size=8, keep_loaded=False):
         from ..rewards.caption_reward import scorer_from_handles
         return (scorer_from_handles(captioner, text_encoder, mode, max_new_tokens, batch_size, keep_loaded),)

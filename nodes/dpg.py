@@ -99,7 +99,8 @@ class RewardLoopPersonalizeDPG:
                 "output_name": ("STRING", {"default": "dpg/my_subject", "tooltip": "LoRA file name inside "
                                            "models/loras (sub-folders allowed, no '..'). Also names the run "
                                            "folder used to resume."}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA of that name."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA of that name and "
+                                            "start its run afresh (off: an interrupted run of that name resumes)."}),
                 "preset": (PRESET_CHOICES, {"default": "auto", "tooltip": "VRAM preset (auto: from the card). "
                                             "8GB: fp16, gradient checkpointing, rank 4; 12GB: bf16, checkpointing, "
                                             "rank 8; 24GB: bf16, rank 16, text-encoder LoRA, batch 2."}),
@@ -142,7 +143,7 @@ class RewardLoopPersonalizeDPG:
         from ..trainers.dpg import GAMMA, DPGWeights, personalize
         if references is None or not isinstance(references, torch.Tensor) or references.shape[0] == 0:
             raise ValueError("No reference images were given: connect a batch of photos of the subject.")
-        refs = image_to_pil(references)
+        refs = image_to_pil(references)      # refuses NaN/inf with the batch item named, like every image node
         ov = {"dreambooth": dreambooth_weight, "look_forward": look_forward_weight, "critic": critic_weight,
               "dino": dino_weight}
         weights = DPGWeights.for_mode(loss_mode, **{k: (None if v is None or v < 0 else float(v))

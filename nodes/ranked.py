@@ -7,7 +7,6 @@ import torch
 from ._common import CATEGORY, SCORER
 
 MODES = ["rank_sum", "zscore", "raw"]
-RUNS_SUBDIR = "rewardloop_ranked"
 
 
 def checkpoint_choices() -> list[str]:
@@ -78,8 +77,9 @@ class RewardLoopRankedFinetune:
                                  "tooltip": "Seed of the candidates (different every round) and of training."}),
                 "output_name": ("STRING", {"default": "ranked_lora", "tooltip": "Name of the LoRA file and of its "
                                                                                 "run folder (no '..' or leading '/')."}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA of the same name "
-                                                                        "(a run of the same name is resumed, not replaced)."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA of the same name and "
+                                                                        "start its run afresh (off: a run of the same "
+                                                                        "name is resumed)."}),
             },
             "optional": {
                 "scorer_2": (SCORER, {"tooltip": "A second reward for the assemble ranking."}),
@@ -101,9 +101,10 @@ class RewardLoopRankedFinetune:
         from .. import bridge
         from ..fileio import safe_output_path
         from ..rewards.images import pil_to_image
-        from ..trainers.lora import LoraConfig, TrainConfig
+        from ..trainers import run_folder
+        from ..trainers.lora import LoraConfig, TrainConfig, check_base
         from ..trainers.prompts import parse_prompt_text
-        from ..trainers.ranked import RankedConfig, RankedTrainer, image_grid
+        from ..trainers.ranked import RUNS_SUBDIR, RankedConfig, RankedTrainer, image_grid
 
         prompt_list = parse_prompt_text(prompts or "")
         if not prompt_list:
@@ -111,13 +112,14 @@ class RewardLoopRankedFinetune:
         pairs = [(s, w) for s, w in ((scorer, weight), (scorer_2, weight_2), (scorer_3, weight_3),
                                      (scorer_4, weight_4)) if s is not None]
         lora_path = safe_output_path(bridge.loras_dir(), output_name, ".safetensors", overwrite=True)
-        run_dir = safe_output_path(bridge.output_dir() / RUNS_SUBDIR, output_name, overwrite=True)
+        run_dir = run_folder.run_dir_for(RUNS_SUBDIR, output_name)
         rcfg = RankedConfig(k=k, rounds=rounds, top=min(top_k, k), weights=[w for _, w in pairs], mode=ranking,
                             gen_steps=sample_steps, cfg=cfg, seed=seed)
         tcfg = TrainConfig(steps=steps_per_round, lr=learning_rate, resolution=resolution, seed=seed)
+        check_base(checkpoint)   # a missing model: one line before anything runs
         with torch.inference_mode(False), torch.enable_grad():
             trainer = RankedTrainer(checkpoint, prompt_list, [s for s, _ in pairs], run_dir, rcfg,
-                                    LoraConfig(rank=lora_rank), tcfg, resume=True)
+                                    LoraConfig(rank=lora_rank), tcfg, resume=True, overwrite=bool(overwrite))
             with bridge.Progress(trainer.units_total(), desc="ranked fine-tune", node_id=unique_id) as progress:
                 trainer.progress = progress
                 result = trainer.run(lora_path, overwrite=overwrite)

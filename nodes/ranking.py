@@ -9,7 +9,7 @@ import torch
 from ..rewards.images import broadcast_prompts, image_to_pil
 from ..rewards.ranking import MODES, assemble_rank
 from ..rewards.report import scores_table
-from ._common import CATEGORY, DEVICES, DTYPES, SCORER, SCORES, device_arg
+from ._common import CATEGORY, DEVICES, DTYPES, SCORER, SCORES, device_arg, image_hw, validated
 
 N_SOCKETS = 6
 
@@ -71,6 +71,7 @@ class RewardLoopAssembleRank:
                                               "ranked on its own); 0 = the whole batch is one group."}),
         }, "optional": opt}
 
+    @validated
     def rank(self, images, mode, top_k, group_size, **kw):
         scores, weights = [], []
         for i in range(1, N_SOCKETS + 1):
@@ -78,12 +79,18 @@ class RewardLoopAssembleRank:
             if s is not None:
                 scores.append(s)
                 weights.append(float(kw.get(f"weight_{i}", 1.0)))
+        from ..errors import UserError
         if not scores:
-            raise ValueError("Assemble Rank: connect at least one REWARDLOOP_SCORES input (a reward node's scores).")
+            raise UserError("Assemble Rank: connect at least one REWARDLOOP_SCORES input (a reward node's scores).")
+        image_hw(images)  # a batch with images, all finite
         n = images.shape[0]
-        if len(scores[0]) != n:
-            raise ValueError(f"Assemble Rank: {n} images but reward {scores[0].name!r} scored {len(scores[0])}: "
-                             "score the same batch you rank.")
+        for s in scores:
+            if len(s) != n:
+                raise UserError(f"Assemble Rank: {n} images but reward {s.name!r} scored {len(s)}: score the same "
+                                "batch you rank.")
+        if group_size and n % group_size:
+            raise UserError(f"Assemble Rank: {n} images do not split into groups of {group_size}: set group_size to "
+                            f"a divisor of {n} (images per prompt), or 0 for one group.")
         r = assemble_rank(scores, weights, mode, group_size)
         top = r.top_k(top_k)
         table = r.table()
@@ -96,6 +103,23 @@ def _models_from_text(text: str) -> dict[str, str]:
     from ..rewards.scoring import parse_model_options
     items = [t.strip() for line in (text or "").splitlines() for t in line.split(",") if t.strip()]
     return parse_model_options(items)
+
+
+def _bounded_models(reward: str, models: dict[str, str]) -> dict[str, str]:
+    """Model names typed into a (possibly shared) workflow may only name catalogue keys or entries inside ComfyUI's
+    model folders, never a host path; every one is checked before anything loads. Names found in a folder are
+    passed on as that resolved path, so the loader cannot pick another file of the same name elsewhere."""
+    from ..rewards.scoring import check_scorers, models_for
+    from ..weights.catalogue import by_key
+    plan = check_scorers([reward], models, trusted=False)[reward]
+    own = models_for(reward, models)
+    keys = by_key()
+    out = dict(models)
+    for key, value in models.items():
+        role = key.split(".", 1)[1] if "." in key else key
+        if role in plan and own.get(role) == value and value not in keys:
+            out[key] = plan[role]
+    return out
 
 
 class RewardLoopScorerFromRegistry:
@@ -118,14 +142,18 @@ class RewardLoopScorerFromRegistry:
             "models": ("STRING", {"default": "", "multiline": True,
                                   "tooltip": "Optional ROLE=MODEL, one per line (e.g. captioner=blip-large, "
                                              "text_encoder=all-MiniLM-L6-v2, sam=sam-vit-b, llm=…, rich_feedback=…); "
-                                             "empty roles use the reward's light defaults."}),
+                                             "empty roles use the reward's light defaults. Models are catalogue "
+                                             "keys or names inside ComfyUI's model folders; paths outside them are "
+                                             "refused (workflows are shared)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where the reward models run."}),
             "dtype": (DTYPES, {"default": "auto", "tooltip": "Precision of the reward models."}),
         }}
 
+    @validated
     def load(self, reward, models, device, dtype):
         from ..rewards.scoring import make_scorer
-        return (make_scorer(reward, models=_models_from_text(models), device=device_arg(device),
+        checked = _bounded_models(reward, _models_from_text(models))
+        return (make_scorer(reward, models=checked, device=device_arg(device),
                             dtype=None if dtype == "auto" else dtype),)
 
 
@@ -151,6 +179,7 @@ class RewardLoopScoreWithScorer:
                                              "image."}),
         }}
 
+    @validated
     def score(self, scorer, images, prompt):
         pils = image_to_pil(images)
         out = scorer(pils, broadcast_prompts(prompt, len(pils)))

@@ -5,7 +5,7 @@ import torch
 
 from ..rewards.images import mask_to_batch
 from ..rewards.regions import COLORMAPS, heatmap_to_mask, overlay
-from ._common import CATEGORY
+from ._common import CATEGORY, check_map_fits, image_hw, validated
 
 
 class RewardLoopHeatmapToMask:
@@ -46,9 +46,14 @@ class RewardLoopHeatmapToMask:
                                            "(default: the heatmap's size)."}),
         }}
 
+    @validated
     def make_mask(self, heatmap, relative, floor, blur, dilate, feather, min_area, split, image=None):
-        size = tuple(image.shape[1:3]) if image is not None else None
-        r = heatmap_to_mask(mask_to_batch(heatmap), size, blur=blur, relative=relative, floor=floor,
+        maps = mask_to_batch(heatmap)
+        size = None
+        if image is not None:
+            size = image_hw(image)
+            check_map_fits("heatmap", maps, image)
+        r = heatmap_to_mask(maps, size, blur=blur, relative=relative, floor=floor,
                             dilate=dilate, feather=feather, min_area=min_area, split=split)
         regions = r.region_masks if split else r.mask
         if regions.shape[0] == 0:
@@ -68,7 +73,8 @@ class RewardLoopHeatmapOverlay:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Images to draw on."}),
-            "heatmap": ("MASK", {"tooltip": "Heatmap in 0..1 (one for all images, or one per image; any size)."}),
+            "heatmap": ("MASK", {"tooltip": "Heatmap in 0..1 (one for all images, or one per image; any resolution "
+                                            "with the images' aspect ratio)."}),
             "colormap": (list(COLORMAPS), {"default": "jet", "tooltip": "OpenCV colour map."}),
             "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                 "tooltip": "Opacity of the overlay (0 = image only, 1 = colours only)."}),
@@ -76,8 +82,11 @@ class RewardLoopHeatmapOverlay:
                                                                  "the image; off = uniform opacity."}),
         }}
 
+    @validated
     def draw(self, image, heatmap, colormap, alpha, weighted):
-        return (overlay(image, mask_to_batch(heatmap), colormap, alpha, weighted),)
+        maps = mask_to_batch(heatmap)
+        check_map_fits("heatmap", maps, image)
+        return (overlay(image, maps, colormap, alpha, weighted),)
 
 
 NODE_CLASS_MAPPINGS = {"RewardLoopHeatmapToMask": RewardLoopHeatmapToMask,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import CATEGORY, DEVICES, DTYPES, RICH_FEEDBACK_MODEL, SCORER, SCORES, device_arg, model_choices
+from ._common import (CATEGORY, DEVICES, DTYPES, RICH_FEEDBACK_MODEL, SCORER, SCORES, device_arg, model_choices,
+                      validated)
 
 AREA = f"{CATEGORY}/rich feedback"
 _SCORE_TIP = "{} score of each image, 0..1 (higher is better), predicted by RAHF."
@@ -32,6 +33,7 @@ class RewardLoopRichFeedbackLoader:
             "device": (DEVICES, {"default": "auto", "tooltip": "Where to run the model (auto = ComfyUI's device)."}),
         }}
 
+    @validated
     def load(self, model, dtype="auto", device="auto"):
         from ..rewards.rich_feedback.model import load_rich_feedback
         return (load_rich_feedback(model, dtype=None if dtype == "auto" else dtype, device=device_arg(device)),)
@@ -67,6 +69,7 @@ class RewardLoopRichFeedback:
             "keep_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the model on the GPU after the run."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
+    @validated
     def run(self, rich_feedback, image, prompt, batch_size=8, keywords=True, keep_loaded=True, unique_id=None):
         from ..rewards.images import broadcast_prompts, image_to_pil
         from ..rewards.rich_feedback.predict import predict, to_reward_scores
@@ -99,6 +102,7 @@ class RewardLoopRichFeedbackScorer:
                                      "details (slower; not needed for re-scoring)."}),
         }}
 
+    @validated
     def make(self, rich_feedback, batch_size=8, keywords=False):
         from ..rewards.rich_feedback.predict import RichFeedbackScorer
         return (RichFeedbackScorer(rich_feedback, batch_size=batch_size, keywords=keywords),)

@@ -9,7 +9,7 @@ import torch
 
 from ..rewards.images import broadcast_prompts, image_to_pil
 from ._common import (CAPTIONER, CATEGORY, CLIP_MODEL, DEVICES, DTYPES, LLM_MODEL, SAM_MODEL, SCORER, SCORES,
-                      SEGMENTS, TEXT_ENCODER, device_arg, model_choices)
+                      SEGMENTS, TEXT_ENCODER, device_arg, image_hw, model_choices, validated)
 
 CAT = f"{CATEGORY}/sam_llm"
 RANGE = "range -0.5..+0.5, higher is better"
@@ -40,6 +40,29 @@ def _seg_kw(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_th
                            min_area=min_area, max_segments=max_segments)
 
 
+def _check_segments(segments, image) -> None:
+    """Segments connected next to an IMAGE must come from that batch (same size, no image index beyond it)."""
+    from ..errors import UserError
+    h, w = image_hw(image)
+    b = int(image.shape[0]) if image.ndim == 4 else 1
+    if tuple(segments.image_size) != (h, w):
+        sh, sw = segments.image_size
+        raise UserError(f"The segments were made on {sw}×{sh} images but the image is {w}×{h}: connect the "
+                        "segments of these images (Segment on the same IMAGE).")
+    if len(segments) and int(segments.image_index.max()) >= b:
+        raise UserError(f"The segments belong to {int(segments.image_index.max()) + 1} images but the batch has {b}: "
+                        "connect the segments of this batch.")
+
+
+def _check_labeller(clip, captioner, mode: str = "clip") -> None:
+    from ..errors import UserError
+    if (mode == "clip" and clip is None) or (clip is None and captioner is None):
+        raise UserError("Labels need a CLIP model: connect Load CLIP for Labels to 'clip' (or a captioner to "
+                        "'captioner' with mode caption).")
+    if mode == "caption" and captioner is None:
+        raise UserError("Labels in mode caption need a captioner: connect Captioner Loader to 'captioner'.")
+
+
 # ---------------------------------------------------------------- loaders
 class RewardLoopSAMLoader:
     DESCRIPTION = "Loads a segment-anything checkpoint (.pth/.safetensors, ViT-B/L/H or any size) from models/sams."
@@ -58,6 +81,7 @@ class RewardLoopSAMLoader:
             "dtype": (DTYPES, {"default": "fp32", "tooltip": "Weights precision (fp32 is safest for SAM)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where to run (auto = ComfyUI's choice)."})}}
 
+    @validated
     def load(self, model, dtype="fp32", device="auto"):
         from ..weights.loaders import load_sam
         return (load_sam(model, dtype=dtype, device=device_arg(device)),)
@@ -79,6 +103,7 @@ class RewardLoopCLIPLoader:
             "dtype": (DTYPES, {"default": "auto", "tooltip": "Weights precision (auto: fp16/bf16 on GPU, fp32 on CPU)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where to run (auto = ComfyUI's choice)."})}}
 
+    @validated
     def load(self, model, dtype="auto", device="auto"):
         from ..weights.loaders import load_clip
         return (load_clip(model, dtype=dtype, device=device_arg(device)),)
@@ -103,6 +128,7 @@ class RewardLoopLLMLoader:
             "dtype": (DTYPES, {"default": "auto", "tooltip": "Weights precision (auto: fp16/bf16 on GPU, fp32 on CPU)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where to run (auto = ComfyUI's choice)."})}}
 
+    @validated
     def load(self, model, dtype="auto", device="auto"):
         from ..weights.loaders import load_llm
         return (load_llm(model, dtype=dtype, device=device_arg(device)),)
@@ -126,6 +152,7 @@ class RewardLoopSegment:
                              "image": ("IMAGE", {"tooltip": "Images to segment (a batch is fine)."}),
                              **_seg_inputs()}}
 
+    @validated
     def segment(self, sam, image, points_per_side=16, pred_iou_thresh=0.88, stability_score_thresh=0.95,
                 box_nms_thresh=0.7, min_area=0, max_segments=32):
         from ..rewards.segments import concat_segments, segment_images
@@ -161,9 +188,12 @@ class RewardLoopLabelSegments:
                 "captioner": (CAPTIONER, {"tooltip": "Captioner (needed for mode caption)."}),
                 "extra_vocabulary": ("STRING", {"default": "", "tooltip": "Extra label words, comma-separated."})}}
 
+    @validated
     def label(self, segments, image, prompt="", mode="clip", clip=None, captioner=None, extra_vocabulary=""):
         from ..rewards.labels import label_segments
         from ..rewards.segments import concat_segments, split_segments
+        _check_segments(segments, image)
+        _check_labeller(clip, captioner, mode)
         pils = image_to_pil(image)
         parts = split_segments(segments, len(pils))
         prompts = broadcast_prompts(prompt, len(pils)) if prompt.strip() else [None] * len(pils)
@@ -224,13 +254,20 @@ class RewardLoopSamLlmReward:
                                                    "when labelled, labelling)."}),
                 **_judge_models()}}
 
+    @validated
     def score(self, sam, llm=None, image=None, prompt="", judge_mode="logprob", on_empty="whole_image",
               points_per_side=16, pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0,
               max_segments=32, clip=None, captioner=None, segments=None, text_encoder=None):
+        from ..errors import UserError
         if image is None:
-            raise ValueError("No images: connect an IMAGE to the SAM+LLM Reward node.")
+            raise UserError("No images: connect an IMAGE to the SAM+LLM Reward node.")
         from ..rewards.sam_llm import SamLlmReward
         from ..rewards.segments import split_segments
+        image_hw(image)
+        if segments is not None:
+            _check_segments(segments, image)
+        if segments is None or not segments.labels:
+            _check_labeller(clip, captioner, "clip" if clip is not None else "caption")
         pils = image_to_pil(image)
         opt = _seg_kw(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_area, max_segments)
         reward = SamLlmReward(sam, llm, clip, captioner, label_mode="clip" if clip is not None else "caption",
@@ -259,10 +296,12 @@ class RewardLoopSamLlmScorer:
                 "captioner": (CAPTIONER, {"tooltip": "Captioner: label segments by captioning their crops instead."}),
                 **_judge_models()}}
 
+    @validated
     def make(self, sam, llm=None, judge_mode="logprob", on_empty="whole_image", points_per_side=16,
              pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0, max_segments=32,
              clip=None, captioner=None, text_encoder=None):
         from ..rewards.sam_llm import SamLlmReward
+        _check_labeller(clip, captioner, "clip" if clip is not None else "caption")
         opt = _seg_kw(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_area, max_segments)
         return (SamLlmReward(sam, llm, clip, captioner, label_mode="clip" if clip is not None else "caption",
                              judge_mode=judge_mode, segment=opt, on_empty=on_empty, text_encoder=text_encoder),)

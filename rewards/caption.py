@@ -106,30 +106,31 @@ def caption_images(captioner: ModelHandle, images: Sequence[Image.Image], prompt
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     out: list[str] = []
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        kwargs = {"images": chunk, "return_tensors": "pt"}
-        if text:
-            kwargs["text"] = [text] * len(chunk)
-            if family in ("chat", "other") and not _is_encoder_decoder(model):
-                kwargs["padding"] = True  # image token counts may differ per image: pad on the left
-        tok = getattr(proc, "tokenizer", None)
-        old_side = getattr(tok, "padding_side", None)
-        if kwargs.get("padding") and tok is not None:
-            tok.padding_side = "left"
-        try:
-            inputs = proc(**kwargs).to(device)
-        finally:
-            if tok is not None and old_side is not None:
-                tok.padding_side = old_side
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        input_ids = inputs["input_ids"].clone() if "input_ids" in inputs else None  # BLIP edits it in place
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
-        ids = _strip_prompt_tokens(ids, input_ids, family, model)
-        texts = proc.batch_decode(ids, skip_special_tokens=True)
-        if prompt:  # a tokenizer round trip that differs from the ids check: strip the text as well
-            texts = [t.strip()[len(prompt):] if t.strip().lower().startswith(prompt.lower()) else t for t in texts]
-        out += [" ".join(t.split()) for t in texts]
-        bridge.check_interrupt()
+    with bridge.Progress(len(images), "captioning") as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start:start + batch_size])
+            kwargs = {"images": chunk, "return_tensors": "pt"}
+            if text:
+                kwargs["text"] = [text] * len(chunk)
+                if family in ("chat", "other") and not _is_encoder_decoder(model):
+                    kwargs["padding"] = True  # image token counts may differ per image: pad on the left
+            tok = getattr(proc, "tokenizer", None)
+            old_side = getattr(tok, "padding_side", None)
+            if kwargs.get("padding") and tok is not None:
+                tok.padding_side = "left"
+            try:
+                inputs = proc(**kwargs).to(device)
+            finally:
+                if tok is not None and old_side is not None:
+                    tok.padding_side = old_side
+            if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            input_ids = inputs["input_ids"].clone() if "input_ids" in inputs else None  # BLIP edits it in place
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
+            ids = _strip_prompt_tokens(ids, input_ids, family, model)
+            texts = proc.batch_decode(ids, skip_special_tokens=True)
+            if prompt:  # a tokenizer round trip that differs from the ids check: strip the text as well
+                texts = [t.strip()[len(prompt):] if t.strip().lower().startswith(prompt.lower()) else t for t in texts]
+            out += [" ".join(t.split()) for t in texts]
+            bar.update(len(chunk))  # also checks for an interrupt
     return out

@@ -22,8 +22,15 @@ from .scoring import FunctionScorer
 from .types import RewardScores
 
 NAME = "caption"
+SCORE_NAMES = [NAME]  # the scores this reward produces, in order
 VALUE_RANGE = (-1.0, 1.0)
 DEFAULT_MODELS = {"captioner": "blip-large", "text_encoder": "all-MiniLM-L6-v2"}
+MODEL_ROLES = {"captioner": "blip", "text_encoder": "clip"}  # role -> model folder
+
+
+def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str], dict]:
+    """The model each role loads (defaults filled in; keys meant for other rewards ignored), and no options."""
+    return {**DEFAULT_MODELS, **{k: v for k, v in (models or {}).items() if k in MODEL_ROLES and v}}, {}
 
 
 def scores_from_captions(text_encoder: ModelHandle, captions: Sequence[str], prompts: Sequence[str],
@@ -106,7 +113,7 @@ def make_scorer(models: dict[str, str] | None = None, device=None, dtype=None, m
     """Scorer-registry factory. Roles: ``captioner`` (default blip-large), ``text_encoder`` (default
     all-MiniLM-L6-v2); other roles (meant for other rewards) are ignored. ``text_encoder_weights`` applies
     a CLIP state dict (e.g. HPS-v1 ``hpc.pt``) over a CLIP text encoder."""
-    models = {**DEFAULT_MODELS, **{k: v for k, v in (models or {}).items() if v}}
+    models, _ = needed_models(models)
     cap = load_captioner(models["captioner"], dtype=dtype, device=device)
     enc = similarity.load_text_encoder(models["text_encoder"], dtype=dtype, device=device,
                                        weights=text_encoder_weights)

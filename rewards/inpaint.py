@@ -200,6 +200,12 @@ class DiffusersInpaintSampler:
             raise ValueError(f"denoise must be in (0, 1], got {denoise}.")
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.steps, self.cfg, self.denoise = int(steps), float(cfg), float(denoise)
+        self.progress = None  # a bridge.Progress advanced once per denoising step (long waits show progress)
+
+    def _step(self, pipe, step, timestep, kwargs):
+        if self.progress is not None:
+            self.progress.update(1)
+        return kwargs
 
     def __call__(self, image, mask, k, seed):
         from PIL import Image
@@ -212,7 +218,8 @@ class DiffusersInpaintSampler:
             out = self.pipe(prompt=self.prompt, negative_prompt=self.negative_prompt or None, image=pil,
                             mask_image=Image.fromarray(binm, "L"), height=h8, width=w8, strength=self.denoise,
                             num_inference_steps=self.steps, guidance_scale=self.cfg, num_images_per_prompt=k,
-                            generator=gens, output_type="np").images
+                            generator=gens, output_type="np",
+                            callback_on_step_end=self._step if self.progress is not None else None).images
         return _paste(image, torch.from_numpy(np.asarray(out, dtype=np.float32)))
 
 

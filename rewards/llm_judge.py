@@ -256,6 +256,7 @@ class LLMJudge:
         out: list[Judgement] = []
         old_side = tok.padding_side
         tok.padding_side = "left"
+        bar = bridge.Progress(len(pairs), "LLM judging")
         try:
             for s in range(0, len(pairs), self.batch_size):
                 chunk = pairs[s:s + self.batch_size]
@@ -277,9 +278,10 @@ class LLMJudge:
                 for (lab, pr), p, m in zip(chunk, norm.tolist(), mass.tolist()):
                     score = 1 * p[0] + 2 * p[1] + 3 * p[2]
                     out.append(Judgement(lab, pr, (p[0], p[1], p[2]), score, m, "logprob"))
-                bridge.check_interrupt()
+                bar.update(len(chunk))  # also checks for an interrupt
         finally:
             tok.padding_side = old_side
+            bar.close()
         return out
 
     def _prefix_cached_logits(self, texts: list[str], special: bool, device) -> torch.Tensor | None:
@@ -353,7 +355,12 @@ class LLMJudge:
         if len(labels_per_prompt) != len(prompts):
             raise ValueError("One label list per prompt is needed.")
         if self.mode == "paper":
-            return [self.judge_paper(p, labs) if labs else [] for labs, p in zip(labels_per_prompt, prompts)]
+            out = []
+            with bridge.Progress(len(prompts), "LLM judging") as bar:
+                for labs, p in zip(labels_per_prompt, prompts):
+                    out.append(self.judge_paper(p, labs) if labs else [])
+                    bar.update(1)
+            return out
         flat = [(lab, p) for labs, p in zip(labels_per_prompt, prompts) for lab in labs]
         got = iter(self.judge_pairs(flat))
         return [[next(got) for _ in labs] for labs in labels_per_prompt]

@@ -23,6 +23,13 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import UserError
+
+# % of the short side for blur / dilate / feather (a larger radius makes kernels of gigabytes), % of the area for
+# min_area; and the most memory the per-region masks of ``split`` may take.
+MAX_PCT = {"blur": 50.0, "dilate": 50.0, "feather": 50.0, "min_area": 100.0}
+MAX_SPLIT_BYTES = 1 << 30
+
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
              "magma": cv2.COLORMAP_MAGMA, "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
 
@@ -63,7 +70,7 @@ def _as_maps(heatmap) -> np.ndarray:
     if arr.ndim != 3:
         raise ValueError(f"A heatmap must be [H,W] or [B,H,W]; got shape {tuple(arr.shape)}.")
     if not np.isfinite(arr).all():
-        raise ValueError("The heatmap contains NaN or infinite values: check the node that produced it.")
+        raise UserError("The heatmap contains NaN or infinite values: check the node that produced it.")
     return arr.astype(np.float32)
 
 
@@ -99,11 +106,17 @@ def heatmap_to_mask(heatmap, image_size: tuple[int, int] | None = None, *, blur:
     ``relative`` in 0..1 of each map's maximum; ``floor`` an absolute heat value in 0..1.
     """
     if not 0.0 <= relative <= 1.0:
-        raise ValueError(f"relative threshold must be in 0..1, got {relative}.")
-    if floor < 0:
-        raise ValueError(f"floor must be ≥ 0, got {floor}.")
+        raise UserError(f"relative threshold must be in 0..1, got {relative}.")
+    if not 0.0 <= floor:
+        raise UserError(f"floor must be ≥ 0, got {floor}.")
+    for name, value in (("blur", blur), ("dilate", dilate), ("feather", feather), ("min_area", min_area)):
+        if not 0.0 <= float(value) <= MAX_PCT[name]:
+            raise UserError(f"{name} must be in 0..{MAX_PCT[name]:g} (% of the image's "
+                            f"{'area' if name == 'min_area' else 'short side'}), got {value}.")
     maps = _as_maps(heatmap)
     h, w = (int(image_size[0]), int(image_size[1])) if image_size else maps.shape[1:]
+    if h < 1 or w < 1:
+        raise UserError(f"The mask size must be at least 1×1, got {w}×{h}.")
     short = min(h, w)
     masks, binaries, regions, reg_img, reg_area, counts = [], [], [], [], [], []
     r = int(round(_pct_px(dilate, short)))
@@ -130,6 +143,10 @@ def heatmap_to_mask(heatmap, image_size: tuple[int, int] | None = None, *, blur:
         if binary.any():
             n, lab, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
             count = n - 1
+            need = (len(regions) + count) * h * w * 4
+            if split and need > MAX_SPLIT_BYTES:
+                raise UserError(f"split would make {len(regions) + count} region masks of {w}×{h} "
+                                f"({need / 2 ** 30:.1f} GB): raise min_area or relative, or turn split off.")
             if split:
                 for c in range(1, n):
                     regions.append(feather_mask((lab == c).astype(np.float32), fsig))

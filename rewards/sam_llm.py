@@ -37,6 +37,7 @@ from .segments import SegmentOptions, segment_images, segment_options, whole_ima
 from .types import RewardScores, Segments
 
 NAMES = ["sam_llm", "sam_llm_mean"]
+SCORE_NAMES = NAMES  # the scores this reward produces, in order
 VALUE_RANGE = (-0.5, 0.5)
 
 
@@ -263,39 +264,74 @@ OPTION_KEYS = {"points_per_side": int, "points_per_batch": int, "pred_iou_thresh
                "exact_selection": _flag}
 
 
+MODEL_ROLES = {"sam": "sams", "clip": "clip", "llm": "LLM", "captioner": "blip",
+               "text_encoder": "clip"}  # role -> model folder
+
+
+def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str], dict]:
+    """Split ``models`` into the model each role loads (defaults filled in) and typed options, checking both
+    (unknown roles, option values of the wrong type or out of range) without loading anything."""
+    from ..errors import UserError
+    kinds = {int: "a whole number", float: "a number", str: "text", _flag: "true or false"}
+    models, options = dict(models or {}), {}
+    for key in list(models):
+        if key in OPTION_KEYS:
+            raw = models.pop(key)
+            try:
+                options[key] = OPTION_KEYS[key](raw)
+            except (TypeError, ValueError):
+                raise UserError(f"sam_llm option {key}={raw!r}: expected {kinds[OPTION_KEYS[key]]}.") from None
+    unknown = set(models) - set(MODEL_ROLES)
+    if unknown:
+        raise UserError(f"sam_llm has no model role {sorted(unknown)}: use sam, clip, llm, text_encoder, captioner "
+                        f"(or options {', '.join(sorted(OPTION_KEYS))}).")
+    # a named LLM means its judge; otherwise the light default
+    options.setdefault("judge_mode", "logprob" if "llm" in models else DEFAULT_JUDGE)
+    for key, allowed in (("judge_mode", JUDGE_MODES), ("on_empty", ("whole_image", "neutral")),
+                         ("label_mode", ("clip", "caption"))):
+        if key in options and options[key] not in allowed:
+            raise UserError(f"sam_llm option {key}={options[key]!r}: use {' or '.join(allowed)}.")
+    if options.get("batch_size", 1) < 1:
+        raise UserError("sam_llm option batch_size must be at least 1.")
+    try:
+        segment_options(**options)
+    except ValueError as e:
+        raise UserError(f"sam_llm option: {e}") from None
+    label_mode = options.pop("label_mode", None) or ("caption" if "captioner" in models and "clip" not in models
+                                                     else "clip")
+    if label_mode == "caption" and "captioner" not in models:
+        raise UserError("sam_llm label_mode=caption needs a captioner: add sam_llm.captioner=MODEL.")
+    need = {"sam": models.get("sam", DEFAULT_MODELS["sam"])}
+    if options["judge_mode"] == "semantic":
+        need["text_encoder"] = models.get("text_encoder", DEFAULT_MODELS["text_encoder"])
+    else:
+        need["llm"] = models.get("llm", DEFAULT_MODELS["llm"])
+    if label_mode == "clip":
+        need["clip"] = models.get("clip", DEFAULT_MODELS["clip"])
+    if "captioner" in models:
+        need["captioner"] = models["captioner"]
+    options["label_mode"] = label_mode
+    return need, options
+
+
 def make_scorer(models: dict[str, str] | None = None, device=None, dtype=None, **options) -> SamLlmReward:
     """Registry factory. Roles: ``sam`` (default sam-vit-b), ``clip`` (default clip-vit-large-patch14),
     ``llm`` (default SmolLM2-135M-Instruct; loaded only for judge modes logprob/paper), ``text_encoder`` (default
     all-MiniLM-L6-v2; loaded only for the semantic judge), optional ``captioner`` (labels by captioning the crops;
     then CLIP is not loaded unless given). Judge: ``judge_mode`` when given; else ``logprob`` when an ``llm`` is
-    named without a ``text_encoder``, else :data:`DEFAULT_JUDGE`. Option names (``points_per_side``,
+    named, else :data:`DEFAULT_JUDGE`. Option names (``points_per_side``,
     ``judge_mode``, ``on_empty``, …) may also be passed inside ``models`` (the CLI's ``--model
     points_per_side=8``); they are converted to their types."""
     from ..weights.loaders import load_captioner, load_clip, load_llm, load_sam
-    models = dict(models or {})
-    for key in list(models):
-        if key in OPTION_KEYS:
-            options.setdefault(key, OPTION_KEYS[key](models.pop(key)))
-    unknown = set(models) - {"sam", "clip", "llm", "captioner", "text_encoder"}
-    if unknown:
-        raise ValueError(f"sam_llm has no model role {sorted(unknown)}: use sam, clip, llm, text_encoder, captioner "
-                         f"(or options {', '.join(sorted(OPTION_KEYS))}).")
-    # an LLM named without a text encoder means its judge; otherwise the light default
-    implied = "logprob" if "llm" in models and "text_encoder" not in models else DEFAULT_JUDGE
-    judge_mode = options.setdefault("judge_mode", implied)
-    if judge_mode not in JUDGE_MODES:
-        raise ValueError(f"Unknown judge mode {judge_mode!r}: use {', '.join(JUDGE_MODES)}.")
-    label_mode = options.pop("label_mode", None) or ("caption" if "captioner" in models and "clip" not in models
-                                                     else "clip")
-    sam = load_sam(models.get("sam", DEFAULT_MODELS["sam"]), dtype=None, device=device)
-    llm = load_llm(models.get("llm", DEFAULT_MODELS["llm"]), dtype=dtype, device=device) \
-        if judge_mode != "semantic" else None
+    need, from_models = needed_models(models)
+    for key, value in from_models.items():
+        options.setdefault(key, value)
+    sam = load_sam(need["sam"], dtype=None, device=device)
+    llm = load_llm(need["llm"], dtype=dtype, device=device) if "llm" in need else None
     text_encoder = None
-    if judge_mode == "semantic":
+    if "text_encoder" in need:
         from .similarity import load_text_encoder
-        text_encoder = load_text_encoder(models.get("text_encoder", DEFAULT_MODELS["text_encoder"]), dtype=dtype,
-                                         device=device)
-    clip = load_clip(models.get("clip", DEFAULT_MODELS["clip"]), dtype=dtype, device=device) \
-        if label_mode == "clip" else None
-    captioner = load_captioner(models["captioner"], dtype=dtype, device=device) if "captioner" in models else None
-    return SamLlmReward(sam, llm, clip, captioner, label_mode=label_mode, text_encoder=text_encoder, **options)
+        text_encoder = load_text_encoder(need["text_encoder"], dtype=dtype, device=device)
+    clip = load_clip(need["clip"], dtype=dtype, device=device) if "clip" in need else None
+    captioner = load_captioner(need["captioner"], dtype=dtype, device=device) if "captioner" in need else None
+    return SamLlmReward(sam, llm, clip, captioner, text_encoder=text_encoder, **options)

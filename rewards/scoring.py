@@ -16,6 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 from PIL import Image
 
+from ..errors import UserError
 from .types import RewardScores
 
 # reward name -> "module:function" (relative to this package)
@@ -71,12 +72,91 @@ def available() -> list[str]:
     return sorted(SCORER_FACTORIES)
 
 
-def make_scorer(name: str, models: dict[str, str] | None = None, **options) -> Scorer:
+def _reward_module(name: str):
     if name not in SCORER_FACTORIES:
-        raise ValueError(f"Unknown reward {name!r}: choose from {', '.join(available())}.")
-    mod_name, fn_name = SCORER_FACTORIES[name].split(":")
-    mod = importlib.import_module(mod_name, __package__)
-    return getattr(mod, fn_name)(models=models_for(name, dict(models or {})), **options)
+        raise UserError(f"Unknown reward {name!r}: choose from {', '.join(available())}.")
+    return importlib.import_module(SCORER_FACTORIES[name].split(":")[0], __package__)
+
+
+def accepted_keys(name: str) -> list[str] | None:
+    """The model roles and options a built-in reward takes inside ``models`` (None: a custom reward that does not
+    declare them, which takes any key)."""
+    mod = _reward_module(name)
+    if not hasattr(mod, "MODEL_ROLES"):
+        return None
+    return sorted(set(mod.MODEL_ROLES) | set(getattr(mod, "OPTION_KEYS", {})))
+
+
+def score_names(name: str) -> list[str]:
+    """The scores a built-in reward produces, in order (known before any model loads)."""
+    return list(getattr(_reward_module(name), "SCORE_NAMES", [name]))
+
+
+def check_reward_names(names: Sequence[str]) -> list[str]:
+    """Known, non-empty, each once."""
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names:
+        raise UserError(f"No reward was named: choose from {', '.join(available())}.")
+    for n in names:
+        _reward_module(n)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"Reward {twice[0]!r} is named twice: name each reward once.")
+    return names
+
+
+def check_model_keys(names: Sequence[str], models: dict[str, str]) -> None:
+    """Every ``ROLE=…`` / ``REWARD.ROLE=…`` key must be a role or option of a chosen reward (none is ignored)."""
+    takes = {n: accepted_keys(n) for n in names}
+    if any(keys is None for keys in takes.values()):
+        return  # a custom reward takes keys we cannot list
+    for key, value in models.items():
+        if not str(value).strip():
+            raise UserError(f"Model option {key}= has no value: give a model name (e.g. {key}=NAME) or drop it.")
+        if "." in key:
+            scope, role = key.split(".", 1)
+            if scope not in takes:
+                raise UserError(f"Model option {key}=…: {scope!r} is not one of the chosen rewards "
+                                f"({', '.join(names)}).")
+            if role not in takes[scope]:
+                raise UserError(f"Model option {key}=…: reward {scope} has no role or option {role!r}; it takes "
+                                f"{', '.join(takes[scope])}.")
+        elif not any(key in keys for keys in takes.values()):
+            what = "; ".join(f"{n}: {', '.join(keys)}" for n, keys in takes.items())
+            raise UserError(f"Model option {key}=…: no chosen reward takes {key!r} ({what}).")
+
+
+def check_scorers(names: Sequence[str], models: dict[str, str] | None = None, trusted: bool = True,
+                  check_files: bool = True) -> dict[str, dict[str, str]]:
+    """Validate a reward set before any model loads: names, model roles and options, and that every model each
+    reward would load (defaults included) is found on disk with intact safetensors headers and no code-carrying
+    pickles. Returns ``{reward: {role: resolved path}}``. ``trusted=False`` (names typed into a shared workflow)
+    accepts only catalogue keys and names inside the model folders, never a host path."""
+    from ..weights.registry import resolve
+    from ..weights.safe_load import check_model_files
+    names = check_reward_names(list(names))
+    models = dict(models or {})
+    check_model_keys(names, models)
+    plan: dict[str, dict[str, str]] = {}
+    for n in names:
+        mod = _reward_module(n)
+        if not hasattr(mod, "needed_models"):  # a custom reward: it checks its own models
+            plan[n] = {}
+            continue
+        need, _ = mod.needed_models(models_for(n, models))
+        roles = getattr(mod, "MODEL_ROLES", {})
+        plan[n] = {}
+        for role, value in need.items():
+            r = resolve(value, folder=roles[role], trusted=trusted)
+            if check_files:
+                check_model_files(r.path)
+            plan[n][role] = str(r.path)
+    return plan
+
+
+def make_scorer(name: str, models: dict[str, str] | None = None, **options) -> Scorer:
+    mod = _reward_module(name)
+    return getattr(mod, SCORER_FACTORIES[name].split(":")[1])(models=models_for(name, dict(models or {})), **options)
 
 
 def parse_model_options(items: Sequence[str] | None) -> dict[str, str]:
@@ -84,7 +164,11 @@ def parse_model_options(items: Sequence[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--model takes ROLE=MODEL (e.g. captioner=blip-large), got {item!r}.")
+            raise UserError(f"--model takes ROLE=MODEL (e.g. captioner=blip-large), got {item!r}.")
         role, value = item.split("=", 1)
+        if not role.strip():
+            raise UserError(f"--model {item!r} has no role: write ROLE=MODEL (e.g. captioner=blip-large).")
+        if role.strip() in out:
+            raise UserError(f"--model gives {role.strip()!r} twice: give each role once.")
         out[role.strip()] = value.strip()
     return out

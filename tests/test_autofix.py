@@ -247,4 +247,4 @@ def test_fix_cli_with_tiny_sd_and_a_fake_heatmap_reward(tiny, tmp_path, monkeypa
     fixed, orig = np.asarray(Image.open(out / "im0_fixed.png")), np.asarray(Image.open(src / "im0.png"))
     assert mask.max() == 255 and np.array_equal(fixed[mask == 0], orig[mask == 0])
     assert main(["fix", str(src), "--prompt", "a cat", "--sd", "tiny-sd", "--out", str(out)]) == 1
-    assert "not an empty folder" in capsys.readouterr().err
+    assert "exists and is not empty" in capsys.readouterr().err

@@ -326,7 +326,9 @@ def test_cli_score_caption_json_and_table(models, tmp_path, capsys):
     args = ["score", "--reward", "caption", "--prompt", "a cat on a sofa", "--model", "captioner=tiny-blip2",
             "--model", "text_encoder=tiny-minilm", "--device", "cpu"]
     assert main(args + ["--json"] + files) == 0
-    data = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"] == files and report["prompts"] == ["a cat on a sofa"] * 2
+    data = report["scores"]
     assert len(data) == 1 and data[0]["name"] == "caption" and data[0]["higher_is_better"] is True
     assert data[0]["range"] == [-1.0, 1.0] and len(data[0]["values"]) == 2
     assert all("caption" in d for d in data[0]["details"])

@@ -274,4 +274,7 @@ def test_workflow_runs_on_tiny_models(comfy, object_info, path):
             if img.get("type") == "output":
                 f = comfy.output_dir / img.get("subfolder", "") / img["filename"]
                 assert f.is_file() and f.stat().st_size > 0, f
+    for nid, needle in plan[name].get("expect_text", {}).items():  # what a node showed, e.g. a table's summary
+        shown = "\n".join(str(t) for t in outs.get(nid, {}).get("text", []))
+        assert needle in shown, f"node {nid} showed {shown[-800:]!r}, expected {needle!r}"
     print(f"{path.name}: success in {time.monotonic() - t0:.1f} s, outputs from nodes {sorted(outs)}")

@@ -172,8 +172,8 @@ def test_convert_checkpoint_file_and_cli(tiny, models_root, tmp_path, capsys):
     tok.save_pretrained(tmp_path / "t5tok")
     assert main(["convert-rich-feedback", str(tmp_path / "model.pt"), "--name", "conv-test", "--out-dir",
                  str(tmp_path / "out"), "--tokenizer", str(tmp_path / "t5tok"), "--vit-heads", "4"]) == 0
-    text = capsys.readouterr().out
-    assert "CC BY-NC 4.0" in text and "0 unmatched" in text
+    got = capsys.readouterr()
+    assert "CC BY-NC 4.0" in got.err and "0 unmatched" in got.out  # the licence note never mixes into results
     assert main(["convert-rich-feedback", str(tmp_path / "model.pt"), "--name", "conv-test", "--out-dir",
                  str(tmp_path / "out"), "--tokenizer", str(tmp_path / "t5tok")]) == 1      # no overwriting
     h = load_rich_feedback(str(tmp_path / "out" / "conv-test"), device="cpu", dtype="fp32")

@@ -414,8 +414,7 @@ def test_cli_score_and_judge(tiny, tmp_path, capsys, image_batch):
                "--model", "points_per_side=4", "--device", "cpu", "--json"])
     assert rc == 0
     got = json.loads(capsys.readouterr().out)
-    names = [g["name"] for g in got] if isinstance(got, list) else list(got)
-    assert "sam_llm" in json.dumps(names) and "sam_llm_mean" in json.dumps(names)
+    assert got["files"] == [str(p)] and [g["name"] for g in got["scores"]] == ["sam_llm", "sam_llm_mean"]
     assert main(["judge", "cat", "tree", "--prompt", "a cat", "--llm", tiny("tiny-llm"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "P(3)" in out and "reward" in out

@@ -335,3 +335,7 @@ def test_readme_lists_every_workflow_with_its_preview():
         name = api.name[:-len(".api.json")]
         assert f"| [`{name}`](workflows/{name}.json) |" in section, f"README: add a table row for {name}"
         assert f"(workflows/previews/{name}.png)" in section, f"README: add the preview of {name}"
+    gallery = (WF.parent / "docs" / "workflows.md").read_text()
+    for api in API_FILES:
+        name = api.name[:-len(".api.json")]
+        assert f"![{name} workflow](../workflows/previews/{name}.png)" in gallery, f"docs/workflows.md: add {name}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from PIL import Image
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
+from . import run_folder
 
 log = logging.getLogger("rewardloop")
 
@@ -106,6 +108,9 @@ class DPGWeights:
         return replace(w, **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> None:
+        for k in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
+            if not math.isfinite(float(getattr(self, k))):
+                raise ValueError(f"Loss weight {k} must be a finite number (got {getattr(self, k)}).")
         for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
             if getattr(self, k) < 0:
                 raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
@@ -175,6 +180,10 @@ class DPGObjective:
     @property
     def needs_pixels(self) -> bool:
         return False
+
+    def settings(self) -> dict:
+        """What a resumed run must share (see ``loop.run_settings``)."""
+        return {"weights": asdict(self.w), "dino_model": self.dino_model if self.w.dino > 0 else None}
 
     # -------------------------------------------------------------- setup (called by the core before step 1)
     def setup(self, trainer: L.Trainer) -> None:
@@ -304,17 +313,25 @@ def class_images(components: L.SDComponents, class_prompt: str, n: int, cache_di
                 p.unlink()
     atomic_write_text(mf, json.dumps(manifest))
     out = []
-    for i in range(int(n)):
-        p = cache_dir / f"class_{i:04d}.png"
-        if not p.is_file():
-            bridge.check_interrupt()
-            img = L.generate(components, [class_prompt], [int(seed) * 1000 + i], steps=steps, cfg=cfg,
-                             width=resolution, height=resolution, negative=negative)[0]
-            atomic_save(p, lambda tmp, im=img: im.save(tmp, format="PNG"))
-            if progress is not None:
-                progress(i + 1, n)
-        with Image.open(p) as im:
-            out.append((im.convert("RGB"), class_prompt))
+    todo = sum(not (cache_dir / f"class_{i:04d}.png").is_file() for i in range(int(n)))
+    bar = bridge.Progress(todo, "class images") if todo and progress is None else None  # a long wait: show it
+    try:
+        for i in range(int(n)):
+            p = cache_dir / f"class_{i:04d}.png"
+            if not p.is_file():
+                bridge.check_interrupt()
+                img = L.generate(components, [class_prompt], [int(seed) * 1000 + i], steps=steps, cfg=cfg,
+                                 width=resolution, height=resolution, negative=negative)[0]
+                atomic_save(p, lambda tmp, im=img: im.save(tmp, format="PNG"))
+                if progress is not None:
+                    progress(i + 1, n)
+                if bar is not None:
+                    bar.update(1)
+            with Image.open(p) as im:
+                out.append((im.convert("RGB"), class_prompt))
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 
@@ -373,10 +390,13 @@ class PersonalizeResult:
     run_dir: Path
 
 
+RUNS_SUBDIR = "rewardloop_runs"
+
+
 def run_dir_for(name: str) -> Path:
-    """Working folder of a named run (checkpoints, class images, log, plot, samples)."""
-    safe = safe_output_path(bridge.output_dir() / "rewardloop_runs", name, "", overwrite=True)
-    return safe
+    """Working folder of a named run (checkpoints, class images, log, plot, samples): ``<output>/rewardloop_runs/``
+    + the whole output name, sub-folders included (``dogs/rex`` and ``cats/rex`` are two runs)."""
+    return run_folder.run_dir_for(RUNS_SUBDIR, name)
 
 
 def personalize(base: str, references: list[Image.Image], trigger: str, class_prompt: str,
@@ -389,10 +409,24 @@ def personalize(base: str, references: list[Image.Image], trigger: str, class_pr
                 train_overrides: dict | None = None, sample_steps: int = 20) -> PersonalizeResult:
     """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point).
 
+    Everything is checked before a model is loaded: the inputs, the output name, the model names and the run
+    folder (its lock and, when resuming, its settings). ``overwrite`` replaces an existing LoRA of that name and
+    starts the run afresh; ``resume`` (default) continues an interrupted run of the same name and settings.
     Leaves ``torch.inference_mode`` (ComfyUI runs nodes inside it) for loading, training and export.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _personalize(**{k: v for k, v in locals().items()})
+
+
+def _check_model_names(base, config, weights: DPGWeights, dino_model: str) -> Path:
+    """Resolve every model the run will load (no loading): the base's path, or one line saying what is missing."""
+    base_path = L.check_base(base)
+    if config and not (L.CONFIG_DIR / str(config) / "model_index.json").is_file():
+        L._resolve_base(config)
+    if weights.dino > 0:
+        from ..weights.registry import resolve
+        resolve(dino_model, folder="dino")
+    return base_path
 
 
 def _personalize(base, references, trigger, class_prompt, instance_prompt, out_name, overwrite, mode, weights, steps,
@@ -410,6 +444,12 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
     if trigger not in instance_prompt.split():
         raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    for what, value, low in (("num_class_images", num_class_images, 0), ("sample_every", sample_every, 0),
+                             ("save_every", save_every, 0), ("sample_steps", sample_steps, 1)):
+        if int(value) < low:
+            raise ValueError(f"{what} must be >= {low} (got {value}).")
+    if rank is not None and int(rank) < 1:
+        raise ValueError(f"LoRA rank must be >= 1 (got {rank}).")
     # fail now, not after training: the output name must be valid and free
     lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
     weights = weights or DPGWeights.for_mode(mode)
@@ -420,21 +460,6 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
     state = PartialState(cpu=cpu)  # under `accelerate launch`/torchrun: one process per GPU (or CPU worker)
     dev = torch.device(device) if device else (state.device if state.num_processes > 1 else bridge.get_device())
     pre = resolve_preset(preset, dev)
-    run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name)
-    bridge.free_memory(int(6 * 2 ** 30), dev)
-    comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
-    if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
-        comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
-    class_items = []
-    if num_class_images > 0 and weights.prior > 0:
-        def make_class():
-            return class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
-                                resolution=resolution, steps=sample_steps)
-        if state.is_main_process:  # generated once, by rank 0; the other processes read the cache
-            class_items = make_class()
-        state.wait_for_everyone()
-        if not state.is_main_process:
-            class_items = make_class()
     lcfg = L.LoraConfig(rank=int(rank or pre.rank), train_text_encoder=pre.train_text_encoder)
     samples = tuple(sample_prompts) if sample_prompts is not None else (
         instance_prompt, f"{instance_prompt} on the beach")
@@ -445,24 +470,47 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
                          center_crop=center_crop, sample_steps=sample_steps)
     if train_overrides:
         tcfg = replace(tcfg, **train_overrides)
+    tcfg.validate()
+    lcfg.validate()
+    base_path = _check_model_names(base, config, weights, dino_model)
     objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing)
     dataset = [(img, instance_prompt) for img in refs]
-    result = L.train_lora(comps, dataset, objective, lcfg, tcfg, run_dir, resume=resume, progress=progress,
-                          class_dataset=class_items or None)
-    meta = {"trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-            "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
-            "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
-            "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
-    if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
+    run_dir = Path(run_dir) if run_dir else run_dir_for(out_name)
+    resume = bool(resume) and not overwrite          # overwrite: a fresh run, never the finished checkpoint
+    with run_folder.claim(run_dir, main=state.is_main_process):
+        if state.is_main_process:
+            L.check_resume(run_dir, L.run_settings(lcfg, tcfg, objective, base_path, dataset), resume,
+                           partial=True)
+        bridge.free_memory(int(6 * 2 ** 30), dev)
+        comps = L.load_base(base, dtype=pre.weights_dtype, device=dev, config=config)
+        if comps.vae.dtype != torch.float32 and (weights.dino > 0 or getattr(comps.vae.config, "force_upcast", False)):
+            comps.vae.to(torch.float32)  # the SDXL VAE overflows in fp16; the DINO reward decodes in fp32
+        class_items = []
+        if num_class_images > 0 and weights.prior > 0:
+            def make_class():
+                return class_images(comps, class_prompt, num_class_images, run_dir / "class_images", seed=seed,
+                                    resolution=resolution, steps=sample_steps)
+            if state.is_main_process:  # generated once, by rank 0; the other processes read the cache
+                class_items = make_class()
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                class_items = make_class()
+        result = L.train_lora(comps, dataset, objective, lcfg, tcfg, run_dir, resume=resume, progress=progress,
+                              class_dataset=class_items or None)
+        meta = {"trigger": trigger, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
+                "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
+                "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
+                "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
+        if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
+            state.wait_for_everyone()
+            return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
+                                     loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
+        lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
+        imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
+        rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
         state.wait_for_everyone()
-        return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
+        return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
-    lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
-    imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
-    rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
-    state.wait_for_everyone()
-    return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
-                             loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
 
 
 def _instance_from_class(class_prompt: str, trigger: str) -> str:

@@ -42,14 +42,16 @@ import torch
 from PIL import Image
 
 from .. import bridge
-from ..fileio import atomic_save, atomic_write_text
+from ..fileio import atomic_save, atomic_write_text, check_finite
 from ..rewards.types import RewardScores
+from . import run_folder
 
 log = logging.getLogger("rewardloop")
 
 STATE_VERSION = 1
 MODES = ("rank_sum", "zscore", "raw")
-SEED_STRIDE = 1_000_003  # seeds of round r start at seed + r * SEED_STRIDE
+SEED_STRIDE = 1_000_003
+RUNS_SUBDIR = "rewardloop_ranked"   # run folders: <output>/rewardloop_ranked/<output name>  # seeds of round r start at seed + r * SEED_STRIDE
 
 
 # ====================================================================== assemble ranking
@@ -70,10 +72,10 @@ def _check_scores(scores: Sequence[RewardScores], weights: Sequence[float] | Non
         if len(s) != n:
             raise ValueError(f"Reward {s.name!r} scored {len(s)} candidates but {scores[0].name!r} scored {n}: "
                              "every reward must score the same candidates.")
-        bad = [i for i, v in enumerate(s.values) if math.isnan(v)]
+        bad = [i for i, v in enumerate(s.values) if not math.isfinite(v)]
         if bad:
-            raise ValueError(f"Reward {s.name!r} returned NaN for candidate(s) {bad}: fix that reward's model "
-                             "or leave the reward out.")
+            raise ValueError(f"Reward {s.name!r} returned NaN or inf for candidate(s) {bad}: fix that reward's "
+                             "model or leave the reward out.")
     if weights is None:
         weights = [1.0] * len(scores)
     weights = [float(w) for w in weights]
@@ -263,15 +265,20 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
 
 
 def _fingerprint(prompts, names, cfg: RankedConfig, lora_cfg, train_cfg, base: str) -> dict:
-    """Settings a resumed run must share with the stored one (rounds may grow; output options may change)."""
+    """Settings a resumed run must share with the stored one (rounds may grow; output options may change).
+
+    ``names=None`` leaves the reward names out (checked before the reward models are loaded)."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("rounds", "offload", "eval_final", "gen_batch",
                                                                "save_candidates")}
     lc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _as_dict(lora_cfg).items()}
     tc = {k: v for k, v in _as_dict(train_cfg).items() if k in ("steps", "lr", "batch_size", "grad_accum",
                                                                   "resolution", "seed")}
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
-    return {"prompts_sha256": digest, "n_prompts": len(prompts), "rewards": list(names), "ranked": keep,
-            "lora": lc, "train": tc, "base": str(base)}
+    out = {"prompts_sha256": digest, "n_prompts": len(prompts), "rewards": list(names or []), "ranked": keep,
+           "lora": lc, "train": tc, "base": str(base)}
+    if names is None:
+        del out["rewards"]
+    return out
 
 
 def _as_dict(obj) -> dict:
@@ -281,15 +288,45 @@ def _as_dict(obj) -> dict:
         return {}
 
 
-def _diff(a: dict, b: dict, prefix="") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
+# a run's own files, removed when it starts afresh (overwrite)
+RUN_ENTRIES = ("state.json", "rounds.csv", "rounds.png", "round_[0-9][0-9][0-9]*", "final")
+
+
+def check_run(run_dir, prompts: Sequence[str], cfg: RankedConfig, lora_cfg, train_cfg, base, resume: bool = True,
+              overwrite: bool = False, final_lora_path=None) -> None:
+    """The checks of :class:`RankedTrainer` that need no reward model, for callers (the CLI) that load rewards
+    only after them: an existing run without ``resume``, other settings, an existing final LoRA."""
+    run_dir = Path(run_dir).resolve()
+    prompts = [" ".join(str(p).split()) for p in prompts]
+    fp = _fingerprint(prompts, None, cfg, lora_cfg, train_cfg, str(base))
+    state = _check_state(run_dir / "state.json", run_dir, fp, resume, overwrite, partial=True)
+    final = Path(final_lora_path) if final_lora_path is not None else None
+    owned = state is not None and state.get("final_lora") == str(final)
+    if final is not None and final.exists() and not overwrite and not owned:
+        raise FileExistsError(f"{final} already exists: choose another output name or turn on overwrite "
+                              "(--overwrite).")
+
+
+def _check_state(state_path: Path, run_dir: Path, fp: dict, resume: bool, overwrite: bool,
+                 partial: bool = False) -> dict | None:
+    """The stored state when the run will resume; ``None`` for a new (or overwritten) run; refusals as one line."""
+    if not state_path.is_file() or overwrite:
+        return None
+    if not resume:
+        raise FileExistsError(f"{run_dir} already holds a reward-ranked run: resume it (--resume / 'resume' on), "
+                              "start afresh with overwrite (--overwrite), or choose another output name.")
+    try:
+        state = json.loads(state_path.read_text())
+    except ValueError:
+        raise ValueError(f"{state_path} is damaged: start afresh with overwrite (--overwrite).") from None
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{state_path} was written by another version: start a new run.")
+    changes = run_folder.diff(state["settings"], fp, partial=partial)
+    if changes:
+        raise ValueError(f"{run_dir} was started with other settings ({'; '.join(changes[:4])}): resume with the "
+                         "same settings (only 'rounds' may grow), start afresh with overwrite (--overwrite), or "
+                         "choose another name.")
+    return state
 
 
 # ====================================================================== helpers: memory
@@ -436,11 +473,13 @@ class RankedTrainer:
     """Runs (and resumes) the round loop in ``run_dir``; see the module docstring."""
 
     def __init__(self, base, prompts: Sequence[str], scorers: Sequence[Any], run_dir, cfg: RankedConfig | None = None,
-                 lora_cfg=None, train_cfg=None, resume: bool = True, progress=None, dtype=None, device=None):
+                 lora_cfg=None, train_cfg=None, resume: bool = True, progress=None, dtype=None, device=None,
+                 overwrite: bool = False):
         from . import lora as core
         self.core = core
         self.cfg = cfg or RankedConfig()
         self.cfg.validate()
+        self.overwrite = bool(overwrite)    # a fresh run: the run folder's previous rounds are removed by run()
         self.prompts = [" ".join(str(p).split()) for p in prompts]
         if not self.prompts or any(not p for p in self.prompts):
             raise ValueError("No prompts (or an empty one): give at least one non-empty prompt.")
@@ -453,29 +492,23 @@ class RankedTrainer:
         self.weights = expand_weights(self.scorers, self.cfg.weights)
         self.lora_cfg = lora_cfg or core.LoraConfig()
         self.train_cfg = train_cfg or core.TrainConfig(steps=100)
+        for c in (self.lora_cfg, self.train_cfg):   # before any generation: bad settings fail in a second
+            if hasattr(c, "validate"):
+                c.validate()
         self.run_dir = Path(run_dir).resolve()
         self.progress = progress
         self.base_name = base if isinstance(base, (str, Path)) else getattr(base, "name", "components")
         self.state_path = self.run_dir / "state.json"
         fp = _fingerprint(self.prompts, self.names, self.cfg, self.lora_cfg, self.train_cfg, str(self.base_name))
-        self.state = self._open_state(fp, resume)
+        self.state = self._open_state(fp, resume, self.overwrite)
         self._base = base
         self._dtype, self._device = dtype, device
         self.components = None
 
     # ---------------------------------------------------------------- state
-    def _open_state(self, fp: dict, resume: bool) -> dict:
-        if self.state_path.is_file():
-            if not resume:
-                raise FileExistsError(f"{self.run_dir} already holds a reward-ranked run: resume it (--resume / "
-                                      "'resume' on) or choose another output name.")
-            state = json.loads(self.state_path.read_text())
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"{self.state_path} was written by another version: start a new run.")
-            diff = _diff(state["settings"], fp)
-            if diff:
-                raise ValueError(f"{self.run_dir} was started with other settings ({'; '.join(diff[:4])}): "
-                                 "resume with the same settings (only 'rounds' may grow) or choose another name.")
+    def _open_state(self, fp: dict, resume: bool, overwrite: bool) -> dict:
+        state = _check_state(self.state_path, self.run_dir, fp, resume, overwrite)
+        if state is not None:
             return state
         return {"version": STATE_VERSION, "settings": fp, "prompts": self.prompts, "reward_names": self.names,
                 "weights": self.weights, "rounds": [], "eval": None, "final_lora": None}
@@ -663,7 +696,9 @@ class RankedTrainer:
         self.core.export_lora(comps, self.run_dir / rel, meta, overwrite=True)
         from safetensors.torch import save_file
         adapter = f"{rec['label']}/adapter.safetensors"
-        atomic_save(self.run_dir / adapter, lambda tmp: save_file(adapter_state(comps), tmp))
+        adapter_sd = adapter_state(comps)
+        check_finite(adapter_sd, f"the adapter of round {r}")
+        atomic_save(self.run_dir / adapter, lambda tmp: save_file(adapter_sd, tmp))
         rec["lora"], rec["adapter"] = rel, adapter
         rec["meta"] = meta
 
@@ -672,16 +707,25 @@ class RankedTrainer:
         return bool(ev) and ev.get("after_rounds") == len(self.done_rounds()) and len(self.done_rounds()) >= self.cfg.rounds
 
     # ---------------------------------------------------------------- main loop
-    def run(self, final_lora_path: str | Path | None = None, overwrite: bool = False) -> RankedResult:
-        """Do every round not done yet (and the eval pass); export the final LoRA to ``final_lora_path``."""
-        with torch.inference_mode(False), torch.enable_grad():  # callable from ComfyUI's inference mode
-            return self._run(final_lora_path, overwrite)
+    def run(self, final_lora_path: str | Path | None = None, overwrite: bool | None = None) -> RankedResult:
+        """Do every round not done yet (and the eval pass); export the final LoRA to ``final_lora_path``.
 
-    def _run(self, final_lora_path, overwrite: bool) -> RankedResult:
+        One process at a time per run folder; ``overwrite`` (default: the trainer's) also replaces an existing
+        final LoRA."""
+        overwrite = self.overwrite if overwrite is None else bool(overwrite)
+        with torch.inference_mode(False), torch.enable_grad():  # callable from ComfyUI's inference mode
+            with run_folder.claim(self.run_dir) as claim:
+                return self._run(final_lora_path, overwrite, claim)
+
+    def _run(self, final_lora_path, overwrite: bool, claim) -> RankedResult:
         final = Path(final_lora_path) if final_lora_path is not None else None
         if final is not None and final.exists() and not overwrite and self.state.get("final_lora") != str(final):
             raise FileExistsError(f"{final} already exists: choose another output name or turn on overwrite.")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.overwrite:
+            run_folder.wipe(self.run_dir, RUN_ENTRIES)
+            self.overwrite = False          # once: a second run() of this trainer continues
+        if self.state["rounds"]:
+            claim.started()                 # resuming: whatever fails now, the finished rounds stay
         self._write_state()
         for r in range(self.cfg.rounds):
             rec = self._round_record(r)
@@ -693,6 +737,7 @@ class RankedTrainer:
                 rec = {"round": r, "label": label, "phase": "selected", **self._sample_and_select(r, label, self.cfg.top)}
                 self.state["rounds"].append(rec)
                 self._write_state()
+                claim.started()
             log.info("round %d: training on %d kept images", r, len(rec["kept"]))
             self._train_round(r, rec)
             rec["phase"] = "done"
@@ -785,6 +830,8 @@ def _final_loss(result) -> float | None:
 def train_ranked(base, prompts: Sequence[str], scorers: Sequence[Any], run_dir, cfg: RankedConfig | None = None,
                  lora_cfg=None, train_cfg=None, resume: bool = True, progress: Callable | None = None,
                  final_lora_path=None, overwrite: bool = False, dtype=None, device=None) -> RankedResult:
-    """Run (or resume) reward-ranked LoRA fine-tuning; see :class:`RankedTrainer`."""
-    trainer = RankedTrainer(base, prompts, scorers, run_dir, cfg, lora_cfg, train_cfg, resume, progress, dtype, device)
+    """Run (or resume) reward-ranked LoRA fine-tuning; see :class:`RankedTrainer`. ``overwrite`` starts the run
+    afresh and replaces an existing final LoRA."""
+    trainer = RankedTrainer(base, prompts, scorers, run_dir, cfg, lora_cfg, train_cfg, resume, progress, dtype, device,
+                            overwrite=overwrite)
     return trainer.run(final_lora_path, overwrite)

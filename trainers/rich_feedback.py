@@ -31,7 +31,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from PIL import Image
 
 from ..rewards.rich_feedback import HEATMAP_TYPES, SCORE_TYPES
 from ..rewards.rich_feedback.words import align_labels, clean_prompt, prompt_words, tagged_target
-from .tfrecord import read_examples
+from .tfrecord import TFRecordError, parse_example, read_records
 
 log = logging.getLogger("rewardloop")
 
@@ -51,6 +50,7 @@ SCORE_FIELDS = {"plausibility": "artifact_score", "alignment": "misalignment_sco
                 "aesthetics": "aesthetics_score", "overall": "overall_score"}
 HEATMAP_FIELDS = {"implausibility": "artifact_map", "misalignment": "misalignment_map"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_MAP_PIXELS = 4096 * 4096        # RichHF heatmaps are 512 x 512; a larger "heatmap" is refused unread
 
 
 # ---------------------------------------------------------------- records
@@ -72,8 +72,12 @@ def _first(ex: dict, key: str, default=None):
     return v[0] if v else default
 
 
-def read_richhf(paths: str | os.PathLike | Sequence, verify: bool = True) -> list[RichHFRecord]:
-    """All examples of one or more RichHF TFRecord files (or folders of ``*.tfrecord``)."""
+class BadRecordError(ValueError):
+    """A RichHF record that cannot be trained or evaluated on (missing or non-finite scores, bad heatmap, ...)."""
+
+
+def tfrecord_files(paths: str | os.PathLike | Sequence) -> list[Path]:
+    """The TFRecord files named (folders: their ``*.tfrecord``); one line for a missing one."""
     files: list[Path] = []
     for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
         p = Path(p)
@@ -84,24 +88,72 @@ def read_richhf(paths: str | os.PathLike | Sequence, verify: bool = True) -> lis
         else:
             raise FileNotFoundError(f"TFRecord {p} does not exist: give the RichHF-18K train/dev/test .tfrecord "
                                     "files (github.com/google-research-datasets/richhf-18k, Git LFS).")
+    return files
+
+
+def read_richhf(paths: str | os.PathLike | Sequence, verify: bool = True, skip_bad: bool = False,
+                skipped: list[str] | None = None) -> list[RichHFRecord]:
+    """All examples of one or more RichHF TFRecord files (or folders of ``*.tfrecord``), each checked.
+
+    A record needs a ``filename``, the four scores as finite numbers, 0/1 labels and readable heatmaps (or none).
+    A bad record stops the read with one line naming its file, index and uid, unless ``skip_bad``: then it is
+    left out and described in ``skipped``. A damaged file (framing, checksums, lengths) always stops the read.
+    """
+    files = tfrecord_files(paths)
     out = []
-    for ex in read_examples(files, verify):
-        fn = _first(ex, "filename")
-        if fn is None:
-            raise ValueError("A record has no 'filename' feature: not a RichHF-18K TFRecord.")
-        fn = fn.decode("utf-8") if isinstance(fn, bytes) else str(fn)
-        lab = _first(ex, "prompt_misalignment_label", b"")
-        lab = lab.decode("utf-8") if isinstance(lab, bytes) else str(lab)
-        prompt = _first(ex, "caption") or _first(ex, "prompt")
-        out.append(RichHFRecord(
-            uid=uid_of(fn),
-            scores={k: float(_first(ex, f, float("nan"))) for k, f in SCORE_FIELDS.items()},
-            maps={k: bytes(_first(ex, f, b"") or b"") for k, f in HEATMAP_FIELDS.items()},
-            labels=[int(t) for t in lab.split()],
-            prompt=prompt.decode("utf-8") if isinstance(prompt, bytes) else prompt))
+    for f in files:
+        for i, data in enumerate(read_records(f, verify)):
+            try:
+                out.append(_record(parse_example(data)))
+            except (TFRecordError, ValueError) as e:       # (UnicodeDecodeError is a ValueError)
+                msg = f"{f.name} record {i}, {e}" if str(e).startswith("uid ") else f"{f.name} record {i}: {e}"
+                if not skip_bad:
+                    raise BadRecordError(f"{msg} Fix the data, or leave such records out with --skip-bad-records "
+                                         "(skip_bad).") from None
+                if skipped is not None:
+                    skipped.append(msg)
+                log.warning("skipping %s", msg)
     if not out:
-        raise ValueError(f"No examples in {', '.join(map(str, files))}.")
+        raise ValueError(f"No usable examples in {', '.join(map(str, files))}.")
     return out
+
+
+def _record(ex: dict) -> RichHFRecord:
+    fn = _first(ex, "filename")
+    if not isinstance(fn, (bytes, str)):
+        raise TFRecordError("no 'filename' feature: not a RichHF-18K record.")
+    fn = fn.decode("utf-8") if isinstance(fn, bytes) else fn
+    uid = uid_of(fn)
+    scores = {}
+    for k, f in SCORE_FIELDS.items():
+        v = _first(ex, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TFRecordError(f"uid {uid}: no {f} number.")
+        if not math.isfinite(float(v)):
+            raise TFRecordError(f"uid {uid}: {f} = {float(v)}, not a finite number.")
+        scores[k] = float(v)
+    maps = {}
+    for k, f in HEATMAP_FIELDS.items():
+        b = _first(ex, f, b"") or b""
+        if not isinstance(b, bytes):
+            raise TFRecordError(f"uid {uid}: its {f} is not image bytes.")
+        if b:
+            try:
+                with Image.open(io.BytesIO(b)) as im:
+                    if im.width * im.height > MAX_MAP_PIXELS:
+                        raise ValueError(f"{im.width}x{im.height} pixels")
+                    im.verify()
+            except Exception as e:       # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError …)
+                raise TFRecordError(f"uid {uid}: its {f} is not a readable image ({type(e).__name__}).") \
+                    from None
+        maps[k] = bytes(b)
+    lab = _first(ex, "prompt_misalignment_label", b"")
+    lab = lab.decode("utf-8") if isinstance(lab, bytes) else str(lab)
+    if any(t not in ("0", "1") for t in lab.split()):
+        raise TFRecordError(f"uid {uid}: prompt_misalignment_label {lab[:40]!r}, expected 0/1 per word.")
+    prompt = _first(ex, "caption") or _first(ex, "prompt")
+    return RichHFRecord(uid=uid, scores=scores, maps=maps, labels=[int(t) for t in lab.split()],
+                        prompt=prompt.decode("utf-8") if isinstance(prompt, bytes) else prompt)
 
 
 def decode_map(data: bytes, size: int) -> torch.Tensor:
@@ -160,15 +212,19 @@ class ImageSource:
                         self.prompts.setdefault(uid, caps[row])
 
     def image(self, uid: str) -> Image.Image:
-        if uid in self.blobs:
-            with Image.open(io.BytesIO(self.blobs[uid])) as im:
-                return im.convert("RGB")
-        if self.folder is not None:
-            for s in IMAGE_SUFFIXES:
-                p = self.folder / f"{uid}{s}"
-                if p.is_file():
-                    with Image.open(p) as im:
-                        return im.convert("RGB")
+        try:
+            if uid in self.blobs:
+                with Image.open(io.BytesIO(self.blobs[uid])) as im:
+                    return im.convert("RGB")
+            if self.folder is not None:
+                for s in IMAGE_SUFFIXES:
+                    p = self.folder / f"{uid}{s}"
+                    if p.is_file():
+                        with Image.open(p) as im:
+                            return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"The image of uid {uid} cannot be read ({type(e).__name__}: {e}): replace it or "
+                             "remove its record.") from None
         raise FileNotFoundError(f"No image for uid {uid}: put {uid}.png/.jpg into the image folder or give the "
                                 "Pick-a-Pic v1 parquet shards that contain it.")
 
@@ -313,6 +369,61 @@ class TrainConfig:
     skip_missing: bool = False
     verify_crc: bool = True
     cpu: bool = False
+    skip_bad: bool = False            # leave out records without the four finite scores etc. (default: refuse)
+    overwrite: bool = False           # start afresh in ``out`` (its checkpoints and model are removed)
+
+    def validate(self) -> None:
+        """Every setting and file, before any model is loaded (one line per problem)."""
+        for k in ("steps", "batch_size", "grad_accum", "keep_checkpoints"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be at least 1 (got {getattr(self, k)}).")
+        for k in ("warmup", "save_every", "log_every", "num_workers", "seed"):
+            if int(getattr(self, k)) < 0:
+                raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)}).")
+        for k in ("lr", "min_lr", "weight_decay", "max_grad_norm", "w_seq", "w_score", "w_heatmap"):
+            v = float(getattr(self, k))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{k} must be a finite number >= 0 (got {v}).")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0 (got {self.lr}).")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
+        if self.mixed_precision == "fp16" and (self.cpu or not torch.cuda.is_available()):
+            raise ValueError("fp16 mixed precision needs a GPU: use --mixed-precision bf16 or no on the CPU.")
+        if not self.train:
+            raise ValueError("No training data: give --train a RichHF .tfrecord file or folder.")
+        tfrecord_files(self.train)
+        if self.images and not Path(self.images).is_dir():
+            raise FileNotFoundError(f"Image folder {self.images} does not exist.")
+        for f in self.parquet:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"Parquet shard {f} does not exist.")
+        if self.resume not in ("auto", "none", "", None) and not (Path(self.resume) / "state.pt").is_file():
+            raise FileNotFoundError(f"{self.resume} is not a checkpoint (no state.pt): give a checkpoints/step-N "
+                                    "folder, auto or none.")
+        from ..weights.registry import resolve
+        if self.init:
+            resolve(self.init, folder="rich_feedback")
+        elif self.vit and self.t5:
+            for what, name in (("--vit", self.vit), ("--t5", self.t5)):
+                if not Path(name).expanduser().is_dir():
+                    resolve(name, folder="rich_feedback")
+        else:
+            raise ValueError("Say what to train: --init a RAHF model folder, or --vit and --t5 pretrained folders "
+                             "(e.g. google/vit-large-patch16-384 and t5-base).")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file: give a folder for the run.")
+
+    def settings(self) -> dict:
+        """What a resumed run must share (everything but output and machine options)."""
+        data = [{"file": str(Path(f).resolve()), "bytes": Path(f).stat().st_size} for f in tfrecord_files(self.train)]
+        skip = ("out", "resume", "num_workers", "save_every", "keep_checkpoints", "log_every", "verify_crc", "cpu",
+                "mixed_precision", "overwrite", "train")
+        return {"data": data, **{k: v for k, v in dataclasses.asdict(self).items() if k not in skip}}
+
+
+RUN_ENTRIES = ("run.json", "checkpoints", "model")
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -349,22 +460,20 @@ def _set_rng_state(st: dict) -> None:
 
 def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, scheduler, cfg: TrainConfig,
                     losses: list[float], keep: int) -> Path:
-    """``<out>/checkpoints/step-NNNNNNNN/``: model folder + state.pt, renamed into place when complete."""
+    """``<out>/checkpoints/step-NNNNNNNN/``: model folder + state.pt, renamed into place when complete.
+
+    Refuses (:class:`~..fileio.NonFiniteError`) to write NaN/inf weights or optimizer state."""
+    from ..fileio import atomic_folder, check_finite, clean_orphans_in
     from ..rewards.rich_feedback.model import save_rahf
     final = out / "checkpoints" / f"step-{step:08d}"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    clean_orphans_in(final.parent)          # a checkpoint write killed half-way (another step's name)
+    opt_state = optimizer.state_dict()
+    check_finite({"model": model.state_dict(), "optimizer": opt_state}, f"the checkpoint of step {step}")
+    with atomic_folder(final, overwrite=True) as tmp:
         save_rahf(model, tokenizer, tmp / "model", overwrite=True)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"step": step, "optimizer": opt_state, "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "config": dataclasses.asdict(cfg), "losses": list(losses)},
                    tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in _checkpoints(out)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -407,41 +516,64 @@ def _build_model(cfg: TrainConfig):
 
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
           stop_after: int | None = None) -> dict[str, Any]:
-    """Run training; returns ``{"model": final folder, "step", "losses", "resumed_from"}``.
+    """Run training; returns ``{"model": final folder, "step", "losses", "resumed_from", "n_skipped_bad", ...}``.
 
+    Everything (settings, files, model names, every record) is checked before a model is loaded. ``cfg.out``
+    is the run folder: one process at a time; ``resume="auto"`` continues its last checkpoint (refused when the
+    run was started with other settings), ``overwrite`` starts afresh. Stops with
+    :class:`~..fileio.NonFiniteError` naming the step (and the batch's records) when the loss or the weights
+    become NaN/inf, and never writes such values.
     ``stop_after``: end (with a checkpoint) after this many optimizer steps of *this* call, as an interruption
     would (used by tests to check resuming).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .. import bridge
-    from ..rewards.rich_feedback.model import load_rahf_folder, save_rahf
+    from .run_folder import check_settings, claim, read_settings, wipe, write_settings
 
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ValueError("steps, batch_size and grad_accum must be at least 1.")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}.")
+    cfg.validate()
+    skipped: list[str] = []
+    records = read_richhf(cfg.train, cfg.verify_crc, skip_bad=cfg.skip_bad, skipped=skipped)
+    images = ImageSource(cfg.images, cfg.parquet, uids={r.uid for r in records} if cfg.parquet else None)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                       cpu=cfg.cpu)
     if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":
         raise ValueError("fp16 mixed precision needs a GPU: use --mixed-precision bf16 or no on the CPU.")
     out = Path(cfg.out)
-    set_seed(cfg.seed)
+    settings = json.loads(json.dumps(cfg.settings(), default=str))
+    with claim(out, main=acc.is_main_process) as run:
+        resume_dir = None
+        if acc.is_main_process:
+            fresh = cfg.overwrite or cfg.resume in ("none", "", None)
+            has_run = latest_checkpoint(out) is not None or (out / "model").exists() or read_settings(out)
+            if fresh and has_run and not cfg.overwrite:
+                raise FileExistsError(f"{out} already holds a rich-feedback run: resume it (--resume auto), start "
+                                      "afresh with --overwrite, or choose another --out folder.")
+            if fresh:
+                wipe(out, RUN_ENTRIES)
+            elif cfg.resume == "auto" and latest_checkpoint(out) is not None:
+                check_settings(out, "rich_feedback", settings)
+            write_settings(out, "rich_feedback", settings, {"config": dataclasses.asdict(cfg)})
+        acc.wait_for_everyone()
+        if not (cfg.overwrite or cfg.resume in ("none", "", None)):
+            resume_dir = latest_checkpoint(out) if cfg.resume == "auto" else Path(cfg.resume)
+        return _train_claimed(cfg, acc, run, out, records, images, resume_dir, skipped, on_log, stop_after,
+                              set_seed)
 
-    resume_dir = None
-    if cfg.resume not in ("none", "", None):
-        resume_dir = latest_checkpoint(out) if cfg.resume == "auto" else Path(cfg.resume)
-        if resume_dir is not None and not (resume_dir / "state.pt").is_file():
-            raise FileNotFoundError(f"{resume_dir} is not a checkpoint (no state.pt).")
+
+def _train_claimed(cfg, acc, run, out, records, images, resume_dir, skipped, on_log, stop_after, set_seed):
+    from .. import bridge
+    from ..fileio import NonFiniteError, check_finite
+    from ..rewards.rich_feedback.model import load_rahf_folder, save_rahf
+    from ..weights.safe_load import load_training_state
+
+    set_seed(cfg.seed)
     if resume_dir is not None:
         model, tok, _ = load_rahf_folder(resume_dir / "model")
     else:
         model, tok = _build_model(cfg)
     model.train()
 
-    records = read_richhf(cfg.train, cfg.verify_crc)
-    images = ImageSource(cfg.images, cfg.parquet, uids={r.uid for r in records} if cfg.parquet else None)
     ds = RichHFDataset(records, images, model.config, cfg.skip_missing)
     aug = None if model.config.multi_head else model.augmented_texts
     collate = make_collate(model.config, tok, aug)
@@ -453,7 +585,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, losses = 0, []
     if resume_dir is not None:
-        st = torch.load(resume_dir / "state.pt", map_location="cpu", weights_only=True)
+        st = load_training_state(resume_dir / "state.pt")
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         step, losses = int(st["step"]), list(st.get("losses", []))
@@ -471,8 +603,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
                                          num_workers=cfg.num_workers,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     unwrapped = lambda: acc.unwrap_model(model)  # noqa: E731
+    params = [p for p in model.parameters() if p.requires_grad]
     acc_parts: list[dict] = []
     t0 = time.time()
+    run.started()
     with torch.inference_mode(False), torch.enable_grad():
         for batch in loader:
             bridge.check_interrupt()
@@ -485,6 +619,12 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
                                 batch["attention_mask"].to(dev), labels=batch["labels"].to(dev), task_inputs=task)
                 loss, parts = rahf_loss(res, {k: (v.to(dev) if torch.is_tensor(v) else v)
                                               for k, v in batch.items()}, cfg)
+                if not torch.isfinite(loss):
+                    bad = ", ".join(k for k, v in parts.items() if not math.isfinite(v)) or "loss"
+                    raise NonFiniteError(
+                        f"The loss ({bad}) became {float(loss.detach())} at step {step + 1} on records "
+                        f"{', '.join(batch['uids'][:4])}: lower the learning rate (now {cfg.lr:g}) or use "
+                        "bf16/fp32, and start afresh (overwrite).")
                 acc.backward(loss)
                 acc_parts.append(parts)
                 if acc.sync_gradients and cfg.max_grad_norm:
@@ -493,6 +633,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
                 opt.zero_grad(set_to_none=True)
             if not acc.sync_gradients:
                 continue
+            if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                raise NonFiniteError(f"The model's weights became NaN or infinite at step {step + 1}: lower the "
+                                     f"learning rate (now {cfg.lr:g}) or use bf16/fp32, and start afresh "
+                                     "(overwrite).")
             sched.step()
             step += 1
             mean = {k: float(np.mean([p[k] for p in acc_parts])) for k in acc_parts[0]}
@@ -510,10 +654,11 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     acc.wait_for_everyone()
     final = None
     if step >= cfg.steps and acc.is_main_process:
+        check_finite(unwrapped().state_dict(), "the trained model")
         final = save_rahf(unwrapped().eval(), tok, out / "model", overwrite=True)
     return {"model": str(final) if final else None, "step": step, "losses": losses,
             "resumed_from": str(resume_dir) if resume_dir else None, "n_examples": len(ds),
-            "n_label_mismatch": ds.n_label_mismatch}
+            "n_label_mismatch": ds.n_label_mismatch, "n_skipped_bad": len(skipped), "skipped_bad": skipped}
 
 
 # ---------------------------------------------------------------- synthetic data (tests, selftest, demos)

@@ -78,6 +78,7 @@ class TFRecordError(ValueError):
 def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record. ``verify``: check both CRCs (the length CRC is always checked)."""
     path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         n = 0
         while True:
@@ -90,6 +91,10 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
             if masked_crc(head[:8]) != lcrc:
                 raise TFRecordError(f"{path}: record {n} has a bad length checksum: not a TFRecord file, or "
                                     "compressed (gzip/zlib TFRecords are not supported: decompress first).")
+            left = size - f.tell() - 4
+            if length > left:        # never allocate what the file cannot hold (a hostile or cut-off length)
+                raise TFRecordError(f"{path}: record {n} says it has {length} bytes but only {max(left, 0)} are "
+                                    "left in the file: the file is truncated or damaged.")
             data = f.read(length)
             tail = f.read(4)
             if len(data) < length or len(tail) < 4:
@@ -141,6 +146,8 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
             val, pos = _varint(buf, pos)
         elif wt == 1:
             val, pos = buf[pos:pos + 8], pos + 8
+            if len(val) != 8:
+                raise TFRecordError("Truncated 64-bit protobuf field.")
         elif wt == 2:
             ln, pos = _varint(buf, pos)
             val, pos = buf[pos:pos + ln], pos + ln
@@ -148,6 +155,8 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
                 raise TFRecordError("Truncated length-delimited protobuf field.")
         elif wt == 5:
             val, pos = buf[pos:pos + 4], pos + 4
+            if len(val) != 4:
+                raise TFRecordError("Truncated 32-bit protobuf field.")
         else:
             raise TFRecordError(f"Unsupported protobuf wire type {wt}.")
         yield num, wt, val
@@ -159,14 +168,18 @@ def _signed64(v: int) -> int:
 
 def _decode_feature(buf: bytes) -> list:
     for num, wt, val in _fields(buf):
+        if wt != 2:     # every list is a length-delimited message; anything else is not a Feature
+            raise TFRecordError(f"Feature field {num} has wire type {wt}, not a value list.")
         if num == 1:    # BytesList
-            return [bytes(v) for n, w, v in _fields(val) if n == 1]
+            return [bytes(v) for n, w, v in _fields(val) if n == 1 and w == 2]
         if num == 2:    # FloatList (packed or not)
             out: list = []
             for n, w, v in _fields(val):
                 if n != 1:
                     continue
                 if w == 2:
+                    if len(v) % 4:
+                        raise TFRecordError(f"A float list of {len(v)} bytes is not a whole number of floats.")
                     out += list(struct.unpack(f"<{len(v) // 4}f", v))
                 elif w == 5:
                     out.append(struct.unpack("<f", v)[0])
@@ -198,8 +211,13 @@ def parse_example(data: bytes) -> dict[str, list]:
                 continue
             key, value = None, b""
             for en, ew, ev in _fields(entry):
+                if ew != 2:      # key and value are both length-delimited
+                    raise TFRecordError(f"Feature map entry field {en} has wire type {ew}.")
                 if en == 1:
-                    key = bytes(ev).decode("utf-8")
+                    try:
+                        key = bytes(ev).decode("utf-8")
+                    except (UnicodeDecodeError, TypeError):
+                        raise TFRecordError("A feature name is not UTF-8 text.") from None
                 elif en == 2:
                     value = ev
             if key is not None:

@@ -62,5 +62,27 @@ MODEL_CACHE = ModelCache()
 
 
 def cached(kind: str, path: Any, loader: Callable[[], Any], dtype: Any = None, device: Any = None, **extra) -> Any:
-    """Load through the shared cache."""
-    return MODEL_CACHE.get_or_load(ModelCache.make_key(kind, path, dtype, device, **extra), loader)
+    """Load through the shared cache; a model that cannot be loaded gives one line naming the model and its path."""
+    return MODEL_CACHE.get_or_load(ModelCache.make_key(kind, path, dtype, device, **extra),
+                                   lambda: load_clearly(kind, path, loader))
+
+
+def load_clearly(kind: str, path: Any, loader: Callable[[], Any]) -> Any:
+    """Run ``loader`` and turn what a damaged, incomplete or unsafe model file raises inside any library
+    (transformers, diffusers, safetensors, torch) into one clear line; errors already phrased for the user
+    (a missing model, a refused pickle) pass unchanged."""
+    import pickle
+
+    from ..errors import UserError, first_line
+    from .safe_load import UnsafeCheckpointError, refusal
+    try:
+        return loader()
+    except (UserError, UnsafeCheckpointError, FileNotFoundError, MemoryError):
+        raise
+    except pickle.UnpicklingError as e:  # transformers / diffusers loading a .bin weights-only
+        raise refusal(path, e) from e
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError" or isinstance(e, (OSError, ValueError, EOFError, KeyError)):
+            raise UserError(f"Could not load the {kind} model at {path}: {first_line(e)}. The files may be damaged "
+                            f"or incomplete: download the model again or check the folder.") from e
+        raise

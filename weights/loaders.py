@@ -65,11 +65,18 @@ def _place(model, device: torch.device):
 
 
 def quiet_transformers() -> None:
-    """No per-load progress bars or load reports in node/CLI output (errors still show)."""
+    """No per-load progress bars or load reports of transformers / diffusers in node/CLI output (errors still
+    show)."""
     try:
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        from diffusers.utils import logging as df_logging
+        df_logging.set_verbosity_error()
+        df_logging.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
 

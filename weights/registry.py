@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import bridge
+from ..errors import UserError
 from .catalogue import ModelSpec, by_key, get_spec, specs_for_profile
 
 log = logging.getLogger("rewardloop")
@@ -99,15 +100,35 @@ def candidates(spec: ModelSpec) -> list[tuple[str, Path]]:
     return out
 
 
-def resolve(key_or_path: str | os.PathLike, folder: str | None = None) -> Resolved:
-    """Find a model by catalogue key, by a name inside ``folder``, or by an explicit path."""
+class UntrustedPathError(UserError):
+    """A model name from a shared workflow that points outside the model folders."""
+
+
+def check_folder_name(text: str, folder: str | None) -> None:
+    """Names from untrusted places (a shared workflow's text field) may only name catalogue keys or entries inside
+    the model folders: no absolute paths, no ``~``, no ``..``."""
+    parts = text.replace("\\", "/").split("/")
+    if text.startswith(("/", "~", "\\")) or (len(text) > 1 and text[1] == ":") or ".." in parts:
+        where = f"models/{folder}" if folder else "the model folders"
+        raise UntrustedPathError(
+            f"Model {text!r} is a path outside {where}: a workflow may only name catalogue models or files inside "
+            f"ComfyUI's model folders (put the model into {where}/ and give its name).")
+
+
+def resolve(key_or_path: str | os.PathLike, folder: str | None = None, trusted: bool = True) -> Resolved:
+    """Find a model by catalogue key, by a name inside ``folder``, or (when ``trusted``) by an explicit path.
+
+    ``trusted=False`` (names typed into a shared workflow) accepts only catalogue keys and names inside the model
+    folders, never a host path."""
     text = str(key_or_path).strip()
     if not text:
         raise ModelNotFoundError("No model was given: pick a model name or give a path.")
     table = by_key()
     spec = table.get(text)
+    if spec is None and not trusted:
+        check_folder_name(text, folder)
     p = Path(text).expanduser()
-    if spec is None and (p.is_absolute() or os.sep in text or "/" in text) and p.exists():
+    if spec is None and trusted and (p.is_absolute() or os.sep in text or "/" in text) and p.exists():
         return Resolved(p, "explicit")
     if spec is None:
         if folder is None:

@@ -56,7 +56,12 @@ def load_core_specs(path: str | Path | None = None) -> dict[str, dict]:
     if not p.is_file():
         raise FileNotFoundError(f"core node list {p} is missing; regenerate it with "
                                 "`python -m rewardloop workflows core-nodes --url http://127.0.0.1:8188`")
-    return json.loads(p.read_text())["nodes"]
+    try:
+        return json.loads(p.read_text())["nodes"]
+    except (ValueError, KeyError, TypeError) as e:
+        from ..errors import UserError
+        raise UserError(f"core node list {p} is not a core_nodes.json file ({type(e).__name__}: {e}); regenerate it "
+                        "with `python -m rewardloop workflows core-nodes --url http://127.0.0.1:8188`.") from None
 
 
 def all_specs(core_path: str | Path | None = None) -> dict[str, dict]:
@@ -454,7 +459,7 @@ def validate_file(path: str | Path, specs: dict[str, dict]) -> list[str]:
     p = Path(path)
     try:
         data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return [f"{p.name}: not valid JSON: {e}"]
     errs = validate_api(data, specs) if p.name.endswith(".api.json") else validate_ui(data, specs)
     return [f"{p.name}: {e}" for e in errs]

@@ -45,6 +45,8 @@ def convert_all(folder: str | Path = WORKFLOWS_DIR, check: bool = False, core_pa
             if not target.is_file() or target.read_text() != text:
                 problems += 1
                 out(f"STALE   {target.name}: regenerate with `python -m rewardloop workflows`")
+            else:
+                out(f"ok      {api.name}: valid; {target.name} up to date")
             continue
         if not target.is_file() or target.read_text() != text:
             atomic_write_text(target, text)
@@ -56,13 +58,25 @@ def convert_all(folder: str | Path = WORKFLOWS_DIR, check: bool = False, core_pa
             png = render_png(json.loads(text), folder / "previews" / (target.stem + ".png"), title=target.stem,
                              specs=specs)
             out(f"preview previews/{png.name}")
-    for ui in ui_files(folder):
-        for e in validate_file(ui, specs):
+    uis = ui_files(folder)
+    for ui in uis:
+        errs = validate_file(ui, specs)
+        for e in errs:
             problems += 1
             out(f"INVALID {e}")
+        if check and not errs:
+            out(f"ok      {ui.name}: valid")
     if not api_files(folder):
         out(f"no *.api.json workflows in {folder}")
+    ours = sum(1 for k in specs if k in _our_ids())
+    out(f"checked {len(api_files(folder))} API and {len(uis)} editor workflow(s) in {folder} against {len(specs)} "
+        f"node specs ({ours} RewardLoop, {len(specs) - ours} core): {problems} problem(s)")
     return problems
+
+
+def _our_ids() -> set[str]:
+    from ..nodes import NODE_CLASS_MAPPINGS
+    return set(NODE_CLASS_MAPPINGS)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -73,10 +87,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..errors import UserError
+    if not Path(args.folder).is_dir():
+        raise UserError(f"--folder {args.folder} is not a folder of workflows.")
+    if args.core_nodes and not Path(args.core_nodes).is_file():
+        raise UserError(f"--core-nodes {args.core_nodes} does not exist: give a core_nodes.json file.")
     n = convert_all(args.folder, check=args.check, core_path=args.core_nodes,
                     previews=bool(getattr(args, "previews", False)) and not args.check)
     if n:
-        print(f"{n} problem(s)", file=sys.stderr)
+        print(f"error: {n} problem(s) in the workflows above: fix the INVALID ones, regenerate STALE ones with "
+              "`python -m rewardloop workflows`", file=sys.stderr)
     return 1 if n else 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -263,7 +264,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, tokenizer
                        vit_heads: int | None = None, overwrite: bool = False) -> dict:
     """Read the RichHF ``.pt`` / ``.safetensors`` file and write our model folder ``out`` (atomic)."""
     from ...weights.safe_load import load_state_dict
-    print(NC_LICENSE_NOTE)
+    print(NC_LICENSE_NOTE, file=sys.stderr)
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist: give the RichHF checkpoint file (model.pt).")

@@ -26,8 +26,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,12 +329,12 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     folder is refused unless ``overwrite`` (then it is replaced only after the new one is complete).
     """
     from safetensors.torch import save_model
+
+    from ...fileio import atomic_folder
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists: choose another name or allow overwriting.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         model.config.save(tmp)
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
         if tokenizer is not None:
@@ -344,16 +342,6 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         (tmp / ".complete").write_text("ok")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -367,15 +355,19 @@ def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}.")
     model = RAHF(cfg)
-    missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    from safetensors import SafetensorError
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    except SafetensorError as e:
+        raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable .safetensors file ({str(e)[:160]}): convert "
+                         "or download the model again.") from None
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_NAME} does not fit its config.json: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}.")
     tok_dir = folder / TOKENIZER_DIR if (folder / TOKENIZER_DIR).is_dir() else folder
     tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     if "NC" in (cfg.license or "") or "non-commercial" in (cfg.license or "").lower():
-        log.warning(NC_LICENSE_NOTE)
-        print(NC_LICENSE_NOTE)
+        log.warning(NC_LICENSE_NOTE)  # stderr: stdout stays machine-readable (score --json)
     return model.to(device=device, dtype=dtype).eval(), tok, cfg
 
 

@@ -26,7 +26,14 @@ from . import HEATMAP_TYPES, SCORE_TYPES
 from .words import clean_prompt, parse_tagged
 
 DEFAULT_MODEL = "rahf-richhf-multihead"
+MODEL_ROLES = {"rich_feedback": "rich_feedback"}  # role -> model folder
+
+
+def needed_models(models: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The RAHF model to load (default filled in) and no options."""
+    return {"rich_feedback": (models or {}).get("rich_feedback") or DEFAULT_MODEL}, {}
 SCORE_RANGE = (0.0, 1.0)
+SCORE_NAMES = list(SCORE_TYPES)  # the scores this reward produces, in order
 
 
 @dataclass
@@ -166,6 +173,5 @@ def make_scorer(models: dict | None = None, device=None, dtype=None, **options) 
     """The ``rich`` reward. ``models["rich_feedback"]``: catalogue key, name in models/rich_feedback or path
     (default ``rahf-richhf-multihead``). Options: batch_size, keywords, max_new_tokens, keep_loaded."""
     from .model import load_rich_feedback
-    name = (models or {}).get("rich_feedback") or DEFAULT_MODEL
-    handle = load_rich_feedback(name, dtype=dtype, device=device)
+    handle = load_rich_feedback(needed_models(models)[0]["rich_feedback"], dtype=dtype, device=device)
     return RichFeedbackScorer(handle, **options)
