@@ -290,7 +290,9 @@ def test_rank_cli_splits_model_roles_between_rewards():
     models = {"captioner": "c", "text_encoder": "t", "sam": "s", "llm": "l", "rich_feedback": "r",
               "sam_llm.captioner": "c2", "points_per_side": "8"}
     assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t", "points_per_side": "8"}
-    assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "captioner": "c2", "points_per_side": "8"}
+    # the semantic judge of sam_llm shares the caption reward's text encoder
+    assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "text_encoder": "t", "captioner": "c2",
+                                             "points_per_side": "8"}
     assert models_for("rich", models) == {"rich_feedback": "r", "points_per_side": "8"}
     assert models_for("custom", {"captioner": "c"}) == {"captioner": "c"}
 
