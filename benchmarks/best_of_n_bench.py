@@ -71,6 +71,7 @@ def main(argv=None) -> int:
 
     from rewardloop.rewards import scoring
     encoder_share: dict = {}
+    decoder_share: dict = {}
     for name in [r.strip() for r in args.rewards.split(",") if r.strip()]:
         models = REWARDS[name]
         mod = scoring.SCORER_FACTORIES[name].split(":")[0]
@@ -108,14 +109,16 @@ def main(argv=None) -> int:
             for im, pr in zip(ims, fresh.get("loop", prompts)):
                 scorer([im], [pr])
 
-        enc = _encoder_clock(scorer) if name == "sam_llm" else None
+        enc = _clock(scorer.sam.model.image_encoder) if name == "sam_llm" else None
+        dec = _clock(scorer.sam.model.mask_decoder) if name == "sam_llm" else None
 
-        def timed(fn, variant, enc=enc):
+        def timed(fn, variant, enc=enc, dec=dec):
             def run():
-                e0 = enc["s"] if enc else 0.0
+                e0, d0 = (enc["s"], dec["s"]) if enc else (0.0, 0.0)
                 fn()
                 if enc:
                     enc.setdefault(variant, []).append(enc["s"] - e0)
+                    dec.setdefault(variant, []).append(dec["s"] - d0)
             return run
 
         variants = {"batched": timed(batched, "batched"), "loop": timed(loop, "loop")}
@@ -126,8 +129,10 @@ def main(argv=None) -> int:
                 exact(ims, fresh.get("batched, exact selection", prompts))
             variants["batched, exact selection"] = batched_exact
         t = compare(variants, args.repeats, args.warmup, before=before)
-        if enc:  # the encoder's seconds of each timed run over that run's total (skip the warm-up runs)
-            encoder_share = {v: [e / tt for e, tt in zip(enc[v][args.warmup:], t[v].times)] for v in ("batched", "loop")}
+        if enc:  # the encoder's / decoder's seconds of each timed run over that run's total (skip the warm-ups)
+            for share, clock in ((encoder_share, enc), (decoder_share, dec)):
+                share.update({v: [e / tt for e, tt in zip(clock[v][args.warmup:], t[v].times)]
+                              for v in ("batched", "loop")})
         batched = scorer(ims, prompts)  # agreement check (not timed)
         looped = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
         diff = 0.0
@@ -144,7 +149,9 @@ def main(argv=None) -> int:
             print(f"   segments per image: {counts} (thresholds 0, NMS off, max_segments 32; 0 = whole-image "
                   f"fallback); SAM image encoder share of the time (median): batched "
                   f"{100 * statistics.median(encoder_share['batched']):.0f}%, loop "
-                  f"{100 * statistics.median(encoder_share['loop']):.0f}%")
+                  f"{100 * statistics.median(encoder_share['loop']):.0f}%; SAM mask decoder share (median): batched "
+                  f"{100 * statistics.median(decoder_share['batched']):.0f}%, loop "
+                  f"{100 * statistics.median(decoder_share['loop']):.0f}%")
         tb.name, tl.name = f"{name} batched", f"{name} loop"
         print(tb.line())
         print(tl.line())
@@ -169,12 +176,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _encoder_clock(scorer) -> dict:
-    """Accumulate the seconds spent in the SAM image encoder's forward (``clock["s"]``)."""
+def _clock(module) -> dict:
+    """Accumulate the seconds spent in ``module``'s forward (``clock["s"]``)."""
     import time
-    enc = scorer.sam.model.image_encoder
     clock = {"s": 0.0}
-    forward = enc.forward
+    forward = module.forward
 
     def timed(*a, **k):
         t0 = time.perf_counter()
@@ -182,7 +188,7 @@ def _encoder_clock(scorer) -> dict:
             return forward(*a, **k)
         finally:
             clock["s"] += time.perf_counter() - t0
-    enc.forward = timed
+    module.forward = timed
     return clock
 
 

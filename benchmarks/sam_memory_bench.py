@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     ap.add_argument("--image", type=int, default=2048, help="image side in pixels")
     ap.add_argument("--points", default="8,16", help="points per side to compare (comma-separated)")
     ap.add_argument("--stock", action="store_true", help="also measure segment-anything's generator")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each measured process")
     ap.add_argument("--child", action="store_true", help=argparse_hidden())
     ap.add_argument("--backend", default="batched", help=argparse_hidden())
     args = parse(ap, argv)

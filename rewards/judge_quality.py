@@ -55,22 +55,12 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
 
 
-def _ranks(x: Sequence[float]) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    r = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in order[i:j + 1]:
-            r[k] = (i + j) / 2.0
-        i = j + 1
-    return r
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    rx, ry = _ranks(x), _ranks(y)
+    """Pearson correlation of the (tie-averaged) ranks."""
+    import numpy as np
+
+    from .ranking import average_ranks
+    rx, ry = average_ranks(np.asarray(x, dtype=float)).tolist(), average_ranks(np.asarray(y, dtype=float)).tolist()
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     vx = math.sqrt(sum((a - mx) ** 2 for a in rx))

@@ -3,14 +3,14 @@
 Two modes on any HF causal chat LM handle (``weights.loaders.load_llm``):
 
 ``logprob`` (default, deterministic)
-    For every (label, prompt) pair the chat is the paper's system + user text (one tag), followed by the
-    assistant turn started with ``"<label>:"`` (after one space when the conversation ends without white space,
-    as the Vicuna layout's ``ASSISTANT:`` does: ``ASSISTANT: cat:``). One batched forward (left padding,
-    position ids from the attention mask) over all pairs that are not cached yet reads the next-token probabilities of the digits
-    "1", "2", "3" (every single-token spelling of each digit in this tokenizer is summed: "1" and, where it
-    exists as one token, " 1"). The three are renormalised → distribution ``p``; the score is the expectation
-    ``1·p1 + 2·p2 + 3·p3`` in [1, 3]; ``digit_mass`` (probability on the digits before renormalising) tells
-    how well the model follows the format. Results are cached by (model, label, prompt) across calls.
+    For every (label, prompt) pair the chat is the paper's system + user text (one tag), followed by the assistant
+    turn started with ``"<label>:"`` (after one space when the conversation ends without white space, as the Vicuna
+    layout's ``ASSISTANT:`` does: ``ASSISTANT: cat:``). One batched forward (left padding, position ids from the
+    attention mask) over all pairs that are not cached yet reads the next-token probabilities of the digits "1",
+    "2", "3" (every single-token spelling of each digit in this tokenizer is summed: "1" and, where it exists as one
+    token, " 1"). The three are renormalised → distribution ``p``; the score is the expectation ``1·p1 + 2·p2 +
+    3·p3`` in [1, 3]; ``digit_mass`` (probability on the digits before renormalising) tells how well the model
+    follows the format. Results are cached by (model, label, prompt) across calls.
 
 ``paper``
     The released code's protocol, fixed: one fresh conversation per image (system + user text with all tags),

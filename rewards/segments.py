@@ -25,7 +25,8 @@ for throughput and bounded memory):
 Memory bound per image, beyond the model and one encoder batch: one decoder batch (``points_per_batch`` × 3
 low-resolution logits and the decoder's activations), ``upsample_mb`` + ``lowres_mb`` MiB, a few numbers per
 candidate, and the output (``max_segments`` boolean masks of H×W bytes) — independent of the thresholds, of
-the image size beyond the output and of how many candidates survive the filters. ``max_segments=0`` (no limit) returns every surviving mask and lifts the bound.
+the image size beyond the output and of how many candidates survive the filters. ``max_segments=0`` (no limit)
+returns every surviving mask and lifts the bound.
 ``backend="stock"`` runs segment-anything's own ``SamAutomaticMaskGenerator`` with the same settings (for
 comparison; it keeps every candidate at full resolution).
 """
