@@ -23,6 +23,19 @@ def check_images(files: Sequence[Path]) -> None:
     from ..rewards.images import open_image
     for f in files:
         open_image(f).close()
+    release_heap()
+
+
+def release_heap() -> None:
+    """Give the C heap's freed pages back to the system (glibc ``malloc_trim``; nothing elsewhere). Without it,
+    decoding and scoring chunk after chunk fragments the heap and the resident size creeps up with the number of
+    images although nothing is kept (measured: +0.2 MB per 1024² image)."""
+    import ctypes
+    import ctypes.util
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def stream_scores(files: Sequence[Path], prompts: Sequence[str], scorers: Sequence, chunk: int = DEFAULT_CHUNK,
@@ -54,6 +67,7 @@ def stream_scores(files: Sequence[Path], prompts: Sequence[str], scorers: Sequen
         parts[start] = got
         for im in ims:
             im.close()
-        del ims
+        del ims, got
+        release_heap()
     parts = distributed.gather(parts)
     return [RewardScores.concat([parts[s][k] for s in starts]) for k in range(len(parts[starts[0]]))]
