@@ -208,9 +208,9 @@ class Progress:
             else:
                 self._comfy_bar.update(n)
         if self._tqdm is not None:
-            self._tqdm.update(n)
-            if postfix:
+            if postfix:  # before update(): the line drawn by this update shows this step's values
                 self._tqdm.set_postfix(postfix, refresh=False)
+            self._tqdm.update(n)
         check_interrupt()
 
     def close(self) -> None:
@@ -279,19 +279,31 @@ def folder_search_paths(folder: str) -> list[Path]:
     return out
 
 
+# files that may hold weights in a folder of HF-format models (which otherwise lists only sub-folders)
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def is_placeholder(name: str) -> bool:
+    """ComfyUI's empty marker files (``put_checkpoints_here``, ``put_diffusers_models_here``, ...)."""
+    return name.startswith("put_") and name.endswith("_here")
+
+
 def list_folder(folder: str, exts: Iterable[str] | None = None, dirs: bool = True) -> list[str]:
-    """Names (files and, optionally, sub-folders) under every search path of ``folder``, for combos."""
-    exts = tuple(exts if exts is not None else MODEL_FOLDERS.get(folder, ()))
+    """Names (files and, optionally, sub-folders) under every search path of ``folder``, for combos.
+
+    Folders without extensions (HF-format models) list sub-folders and weight files only; ComfyUI's placeholder
+    files are never listed."""
+    exts = tuple(exts if exts is not None else MODEL_FOLDERS.get(folder, ())) or WEIGHT_SUFFIXES
     names: set[str] = set()
     for base in folder_search_paths(folder):
         if not base.is_dir():
             continue
         for p in base.iterdir():
-            if p.name.startswith("."):
+            if p.name.startswith(".") or is_placeholder(p.name):
                 continue
             if p.is_dir() and dirs:
                 names.add(p.name)
-            elif p.is_file() and (not exts or p.suffix.lower() in exts):
+            elif p.is_file() and p.suffix.lower() in exts:
                 names.add(p.name)
     return sorted(names)
 
@@ -316,10 +328,16 @@ def temp_dir() -> Path:
 def loras_dir() -> Path:
     """Where trained LoRAs are written: ComfyUI's first ``loras`` folder, else the first ``REWARDLOOP_MODELS``
     root's ``loras``, else ``<output>/loras`` (:func:`output_dir`), never the installed pack's folder."""
-    paths = comfy_folder_paths("loras")
+    return model_output_dir("loras")
+
+
+def model_output_dir(folder: str) -> Path:
+    """Where trained models of ``folder`` (loras, checkpoints) are written: ComfyUI's first such folder, else the
+    first ``REWARDLOOP_MODELS`` root's, else ``<output>/<folder>``, never the installed pack's folder."""
+    paths = comfy_folder_paths(folder)
     if paths:
         return paths[0]
     roots = models_roots()
     if roots:
-        return roots[0] / "loras"
-    return output_dir() / "loras"
+        return roots[0] / folder
+    return output_dir() / folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(sub):
     from ..workflows import make_ui
-    p = sub.add_parser("workflows", help="convert workflows/*.api.json to editor format and validate all "
+    p = sub.add_parser("workflows", help="convert workflows/api/*.api.json to editor format and validate all "
                                          "workflows (`workflows core-nodes` refreshes tests/data/core_nodes.json)")
     p.add_argument("action", nargs="?", default="ui", choices=["ui", "core-nodes"],
                    help="ui (default): write workflows/<use>.json; core-nodes: regenerate the core node list")

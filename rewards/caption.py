@@ -103,6 +103,8 @@ def caption_images(captioner: ModelHandle, images: Sequence[Image.Image], prompt
     if family == "chat" and not prompt:
         prompt = _PROMPTS["chat"]["short"]
     text = _model_text(captioner, family, prompt) if prompt else None
+    if text is None and family == "blip-2":
+        text = ""  # BLIP-2's image tokens come from its processor with a text (transformers < 4.47 adds none)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     out: list[str] = []
@@ -110,7 +112,7 @@ def caption_images(captioner: ModelHandle, images: Sequence[Image.Image], prompt
         for start in range(0, len(images), batch_size):
             chunk = list(images[start:start + batch_size])
             kwargs = {"images": chunk, "return_tensors": "pt"}
-            if text:
+            if text is not None:
                 kwargs["text"] = [text] * len(chunk)
                 if family in ("chat", "other") and not _is_encoder_decoder(model):
                     kwargs["padding"] = True  # image token counts may differ per image: pad on the left
@@ -125,6 +127,7 @@ def caption_images(captioner: ModelHandle, images: Sequence[Image.Image], prompt
                     tok.padding_side = old_side
             if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            inputs.pop("token_type_ids", None)  # some processors return it (transformers 4.x); generate refuses it
             input_ids = inputs["input_ids"].clone() if "input_ids" in inputs else None  # BLIP edits it in place
             ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
             ids = _strip_prompt_tokens(ids, input_ids, family, model)

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from ..weights.cache import cached
+from ..weights.hf_compat import transformers_dtype
 from ..weights.loaders import ModelHandle, _dtype_device, is_sentence_transformers_dir
 from ..weights.loaders import load_text_encoder as _load_text_encoder
 from ..weights.registry import resolve
@@ -54,7 +55,7 @@ def load_text_encoder(name: str, dtype=None, device=None, weights: str | os.Path
 
     def load():
         from transformers import AutoTokenizer, CLIPModel
-        model = CLIPModel.from_pretrained(r.path, local_files_only=True, dtype=torch.float32)
+        model = CLIPModel.from_pretrained(r.path, local_files_only=True, **transformers_dtype(torch.float32))
         n = apply_clip_text_weights(model, load_state_dict(wpath))
         model = model.to(device=device, dtype=dtype).eval()
         tok = AutoTokenizer.from_pretrained(r.path, local_files_only=True)

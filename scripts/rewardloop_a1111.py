@@ -1,33 +1,35 @@
 """RewardLoop for Automatic1111 / Forge: best-of-N by the assembled reward, and auto-fix of flagged regions.
 
-An always-visible accordion in txt2img and img2img. After each batch, ``postprocess_batch_list`` scores the
-images with the selected rewards, orders them best-first (optionally keeping only the top k) and keeps the
-prompt/seed lists in step; with auto-fix on, regions a reward flags (its heatmap at or above the threshold,
-dilated) are repainted through img2img inpainting. The logic lives in ``scripts/_logic.py`` (tested without a
-WebUI); this file only talks to gradio and ``modules``. The WebUI imports it; ComfyUI never does.
+An always-visible accordion in txt2img and img2img. The WebUI loads this file on its own (not as part of a
+package), so it first finds the library: the extension folder this file sits in is the ``rewardloop`` package
+(A1111 puts the folder on ``sys.path`` only while loading scripts, Forge for the whole session, and the folder
+may have any name), imported under the name ``rewardloop`` unless that name already points to this folder. All
+logic lives in ``rewardloop.sdwebui``; this file builds the UI and forwards the WebUI's hooks.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
+import inspect
 import sys
 from pathlib import Path
 
 import gradio as gr  # provided by the WebUI
 from modules import scripts  # provided by the WebUI
 
-log = logging.getLogger("rewardloop")
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _import_pack():
-    """The pack as ``rewardloop`` (pip-installed, or this extension folder, whatever it is called)."""
-    try:
-        import rewardloop  # noqa: F401
-        return importlib.import_module("rewardloop")
-    except ImportError:
-        pass
+    """This extension folder as the ``rewardloop`` package, whatever the folder is called."""
+    mod = sys.modules.get("rewardloop")
+    if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve().parent == PACK_ROOT:
+        return mod
+    if mod is not None:
+        print(f"RewardLoop: using the extension folder {PACK_ROOT}, not the 'rewardloop' imported from "
+              f"{getattr(mod, '__file__', '?')}", file=sys.stderr)
+        for name in [k for k in sys.modules if k == "rewardloop" or k.startswith("rewardloop.")]:
+            del sys.modules[name]
     spec = importlib.util.spec_from_file_location("rewardloop", PACK_ROOT / "__init__.py",
                                                   submodule_search_locations=[str(PACK_ROOT)])
     mod = importlib.util.module_from_spec(spec)
@@ -37,37 +39,38 @@ def _import_pack():
 
 
 _import_pack()
-from rewardloop.scripts import _logic  # noqa: E402
+logic = importlib.import_module("rewardloop.sdwebui.logic")
+host = importlib.import_module("rewardloop.sdwebui.host")
+model_choices = importlib.import_module("rewardloop.nodes._common").model_choices
 
 
-def _to_pil(img):
-    """A WebUI batch image (CHW float tensor 0..1, HWC array or PIL) → PIL."""
-    from PIL import Image
-    if isinstance(img, Image.Image):
-        return img
-    import numpy as np
-    a = img.detach().float().cpu().numpy() if hasattr(img, "detach") else np.asarray(img, dtype=np.float32)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = a.transpose(1, 2, 0)
-    if a.max() <= 1.0 + 1e-6:
-        a = a * 255.0
-    return Image.fromarray(np.clip(a + 0.5, 0, 255).astype("uint8")[..., :3])
+def _add_webui_models_root() -> None:
+    """Also look for models under the WebUI's own models folder (``models/blip``, ``models/rich_feedback`` …)."""
+    import os
+    try:
+        from modules import paths
+        root = str(paths.models_path)
+    except Exception:
+        return
+    roots = [r for r in os.environ.get("REWARDLOOP_MODELS", "").split(os.pathsep) if r]
+    if root not in roots:
+        os.environ["REWARDLOOP_MODELS"] = os.pathsep.join(roots + [root])
 
 
-def _like(template, pil):
-    """A PIL result converted back to the type/layout of the batch image it replaces."""
-    from PIL import Image
-    if isinstance(template, Image.Image):
-        return pil
-    import numpy as np
-    a = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
-    if hasattr(template, "detach"):
-        import torch
-        t = torch.from_numpy(a)
-        if template.ndim == 3 and template.shape[0] in (1, 3, 4) and template.shape[-1] not in (1, 3, 4):
-            t = t.permute(2, 0, 1)
-        return t.to(dtype=template.dtype, device=template.device)
-    return a
+_add_webui_models_root()
+
+
+def _infotext_takes_callables() -> bool:
+    """Forge and A1111 ≥ 1.9 evaluate callables in ``extra_generation_params`` per image; 1.8 would print them."""
+    try:
+        from modules import processing
+        return "callable(" in inspect.getsource(processing.create_infotext)
+    except Exception:
+        return False
+
+
+_FOLDERS = {"captioner": "blip", "text_encoder": "clip", "sam": "sams", "llm": "LLM", "clip": "clip",
+            "rich_feedback": "rich_feedback"}
 
 
 class RewardLoopScript(scripts.Script):
@@ -80,84 +83,94 @@ class RewardLoopScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
+        d = logic.ui_defaults()
+        c = {}
         with gr.Accordion("RewardLoop: best-of-N and auto-fix", open=False):
-            enabled = gr.Checkbox(label="Enable best-of-N by reward", value=False)
-            rewards = gr.CheckboxGroup(label="Rewards", choices=list(_logic.REWARDS), value=["caption"])
+            c["enabled"] = gr.Checkbox(label="Enable best-of-N by reward", value=d["enabled"])
+            c["rewards"] = gr.CheckboxGroup(label="Rewards", choices=list(logic.REWARDS), value=d["rewards"])
             with gr.Row():
-                w_caption = gr.Slider(label="caption weight", minimum=0.0, maximum=5.0, step=0.1, value=1.0)
-                w_sam_llm = gr.Slider(label="sam_llm weight", minimum=0.0, maximum=5.0, step=0.1, value=1.0)
-                w_rich = gr.Slider(label="rich weight", minimum=0.0, maximum=5.0, step=0.1, value=1.0)
+                for r in logic.REWARDS:
+                    c[f"w_{r}"] = gr.Slider(label=f"{r} weight", minimum=0.0, maximum=5.0, step=0.1, value=d[f"w_{r}"])
             with gr.Row():
-                keep = gr.Slider(label="Keep top k of each batch (0 = keep all, best first)", minimum=0,
-                                 maximum=16, step=1, value=0)
-                mode = gr.Dropdown(label="Ranking", choices=list(_logic.MODES), value="rank_sum")
-            autofix = gr.Checkbox(label="Auto-fix flagged regions (img2img inpainting)", value=False)
+                c["keep_top_k"] = gr.Slider(label="Keep top k of each batch (0 = keep all, best first)", minimum=0,
+                                            maximum=16, step=1, value=d["keep_top_k"])
+                c["mode"] = gr.Dropdown(label="Ranking", choices=list(logic.MODES), value=d["mode"])
+            c["autofix"] = gr.Checkbox(label="Auto-fix flagged regions (img2img inpainting; a fix is kept only "
+                                             "when it scores higher)", value=d["autofix"])
             with gr.Row():
-                threshold = gr.Slider(label="flag threshold (heatmap 0..1)", minimum=0.05, maximum=1.0,
-                                      step=0.05, value=0.5)
-                dilation = gr.Slider(label="mask dilation (% of short side)", minimum=0.0, maximum=20.0,
-                                     step=0.5, value=3.0)
-                denoise = gr.Slider(label="repair denoising strength", minimum=0.05, maximum=1.0, step=0.05,
-                                    value=0.5)
-        comps = [enabled, rewards, w_caption, w_sam_llm, w_rich, keep, mode, autofix, threshold, dilation, denoise]
-        self.infotext_fields = [(enabled, "RewardLoop best-of-N"), (keep, "RewardLoop top k")]
+                c["threshold"] = gr.Slider(label="flag threshold (heatmap 0..1)", minimum=0.05, maximum=1.0,
+                                           step=0.05, value=d["threshold"])
+                c["dilation"] = gr.Slider(label="mask dilation (% of short side)", minimum=0.0, maximum=20.0,
+                                          step=0.5, value=d["dilation"])
+                c["denoise"] = gr.Slider(label="repair denoising strength", minimum=0.05, maximum=1.0, step=0.05,
+                                         value=d["denoise"])
+            with gr.Row():
+                c["fix_reward"] = gr.Dropdown(label="flag and judge fixes with", choices=list(logic.FIX_REWARDS),
+                                              value=d["fix_reward"])
+                c["fix_candidates"] = gr.Slider(label="fix candidates per image", minimum=1, maximum=16, step=1,
+                                                value=d["fix_candidates"])
+            with gr.Accordion("Models (catalogue key, name in the models folder, or path)", open=False):
+                for key, _reward, role, kind in logic.MODEL_FIELDS:
+                    c[key] = gr.Dropdown(label=logic.MODEL_HELP[key], value=d[key], allow_custom_value=True,
+                                         choices=list(dict.fromkeys([d[key]] + model_choices(_FOLDERS[role],
+                                                                                          (kind,)))))
+        comps = [c[name] for name in logic.UI_ORDER]
+        # pasting PNG info: a field the info does not name keeps its value (None = "leave it" to the WebUI)
+        pasted = lambda name: (lambda params: logic.settings_from_infotext(params).get(name))  # noqa: E731
+        self.infotext_fields = [(c[name], pasted(name)) for name in logic.UI_ORDER]
         return comps
 
     # ------------------------------------------------------------ hooks
+    def _settings(self, p, args):
+        cached = getattr(p, "_rewardloop_settings", None)
+        if cached is not None:
+            return cached
+        try:
+            settings = logic.parse_args(*args)
+        except ValueError as e:
+            host.report(p, str(e))
+            settings = logic.Settings()
+        p._rewardloop_settings = settings
+        return settings
+
+    def process(self, p, *args):
+        settings = self._settings(p, args)
+        if not settings.active:
+            return
+        p.extra_generation_params.update(logic.generation_params(settings))
+        if _infotext_takes_callables():
+            book = logic.BatchBook.of(p)
+            if settings.ranking:
+                p.extra_generation_params[logic.INFO_PLACE] = host.per_image_info(book, logic.INFO_PLACE)
+            if settings.autofix:
+                p.extra_generation_params[logic.INFO_FIX_RESULT] = host.per_image_info(book, logic.INFO_FIX_RESULT)
+
+    def before_process_batch(self, p, *args, **kwargs):
+        book = getattr(p, logic.BatchBook.ATTR, None)
+        if book is not None:
+            book.restore_slots(p)  # img2img's per-slot lists in their own order for the next batch
+
     def postprocess_batch_list(self, p, pp, *args, **kwargs):
-        settings = _logic.parse_args(*args)
+        settings = self._settings(p, args)
         if not settings.active or not getattr(pp, "images", None):
             return
         batch_number = int(kwargs.get("batch_number", 0))
-        images = list(pp.images)
-        n = len(images)
-        pils = [_to_pil(im) for im in images]
-        prompts = list(getattr(p, "prompts", None) or [getattr(p, "prompt", "")] * n)[:n]
-        if len(prompts) < n:
-            prompts += [prompts[-1] if prompts else ""] * (n - len(prompts))
-        ranked = settings.rewards if settings.enabled else []
-        needed = list(ranked)
-        if settings.autofix and not any(r in ("rich", "sam_llm") for r in needed):
-            needed.append("rich")
-        scored = _logic.score(pils, prompts, needed)
-        if settings.autofix:
-            h, w = pils[0].height, pils[0].width
-            masks = _logic.flag_masks(scored, n, (h, w), settings)
-            seeds = list(getattr(p, "seeds", None) or [getattr(p, "seed", -1)] * n)
+        book = logic.BatchBook.of(p)
+        if book.failed:  # reported once for the job; the later batches stay as generated too
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+            return
+        try:
+            host.run_batch(p, pp, settings, batch_number)
+        except InterruptedError:
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+        except Exception as e:
+            book.keep_all(batch_number, getattr(p, "batch_size", 1), len(pp.images))
+            book.failed = True
+            expected = isinstance(e, (host.FixError, ValueError, FileNotFoundError, ImportError, KeyError))
+            what = str(e) if expected else f"{type(e).__name__}: {e}"  # unexpected: the traceback too
+            host.report(p, f"images left as generated from batch {batch_number + 1} on: {what}", exc_info=not expected)
 
-            def inpaint(img, mask, i):
-                return _like(images[i], self._inpaint(p, pils[i], mask, prompts[i], seeds[i % len(seeds)],
-                                                      settings))
-
-            images, fixed = _logic.autofix(images, prompts, masks, inpaint)
-            if fixed:
-                log.info("RewardLoop: repaired images %s of batch %d", fixed, batch_number)
-        if ranked:
-            order = _logic.rank_order({r: scored[r] for r in ranked}, settings.weights, settings.mode)
-            keep = _logic.select(order, settings.keep_top_k)
-            _logic.BatchBook.apply(p, keep, batch_number, int(getattr(p, "batch_size", n) or n), n)
-            images = [images[i] for i in keep]
-        pp.images.clear()
-        pp.images.extend(images)
-
-    def _inpaint(self, p, pil, mask, prompt, seed, settings):
-        """Repaint ``mask`` (1 = repaint) of ``pil`` with the WebUI's img2img at ``settings.denoise``."""
-        import numpy as np
-        from PIL import Image
-
-        from modules import processing
-        mask_img = Image.fromarray((np.asarray(mask) * 255).astype("uint8"), mode="L")
-        neg = (getattr(p, "negative_prompts", None) or [getattr(p, "negative_prompt", "")])[0]
-        p2 = processing.StableDiffusionProcessingImg2Img(
-            sd_model=getattr(p, "sd_model", None), outpath_samples=getattr(p, "outpath_samples", None),
-            outpath_grids=getattr(p, "outpath_grids", None), prompt=prompt, negative_prompt=neg, seed=seed,
-            sampler_name=getattr(p, "sampler_name", None), steps=getattr(p, "steps", 20),
-            cfg_scale=getattr(p, "cfg_scale", 7.0), width=pil.width, height=pil.height, init_images=[pil],
-            image_mask=mask_img, mask_blur=4, inpainting_fill=1, inpaint_full_res=True,
-            inpaint_full_res_padding=32, denoising_strength=settings.denoise, n_iter=1, batch_size=1,
-            do_not_save_samples=True, do_not_save_grid=True)
-        p2.scripts = None  # never re-enter our own (or any) always-on script
-        res = processing.process_images(p2)
-        if not res.images:
-            raise RuntimeError("RewardLoop auto-fix: img2img returned no image")
-        return res.images[0]
+    def postprocess(self, p, processed, *args):
+        book = getattr(p, logic.BatchBook.ATTR, None)
+        if book is not None:
+            book.finish(p)  # all_* lists now match the returned images, interrupted runs included

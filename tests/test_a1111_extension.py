@@ -1,11 +1,14 @@
-"""The A1111/Forge glue against a minimal stand-in of ``modules.scripts`` / ``modules.processing`` / gradio.
+"""The extension's library side (``rewardloop.sdwebui``) on cases the real Forge test cannot reach.
 
-What these tests do NOT cover (no WebUI here): the real gradio layout, the real ``process_images`` loop calling
-``postprocess_batch_list``, real img2img inpainting quality, Forge's divergences.
+The extension itself runs in a real Forge in ``tests/test_forge_real.py`` (ranking, interrupts, img2img overlays,
+auto-fix, errors, install) and is checked against A1111 1.8.0's and Forge's sources in
+``tests/test_webui_contract.py``. What stays here: hand-computed settings / PNG-info / list bookkeeping, the
+A1111-only token-merging reset (Forge never applies token merging in ``process_images``), per-image negative
+prompts (the API sends one negative prompt per job), deterministic keep/reject of a fix, and loading the script
+the A1111 way (its folder is on ``sys.path`` only while the script loads).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,364 +21,243 @@ import torch
 
 from rewardloop.rewards.scoring import FunctionScorer
 from rewardloop.rewards.types import RewardScores
-from rewardloop.scripts import _logic
+from rewardloop.sdwebui import host, logic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ------------------------------------------------------------------ stand-ins
-class _Comp:
-    def __init__(self, kind, **kw):
-        self.kind, self.kw = kind, kw
+def args(**kw) -> list:
+    v = {**logic.ui_defaults(), **kw}
+    return [v[name] for name in logic.UI_ORDER]
 
 
-class _Ctx(_Comp):
-    def __enter__(self):
-        _FakeGradio.opened.append(self)
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-class _FakeGradio(types.ModuleType):
-    opened: list = []
-
-    def __init__(self):
-        super().__init__("gradio")
-        for k in ("Checkbox", "CheckboxGroup", "Slider", "Dropdown"):
-            setattr(self, k, (lambda kind: (lambda **kw: _Comp(kind, **kw)))(k))
-        self.Accordion = lambda label=None, **kw: _Ctx("Accordion", label=label, **kw)
-        self.Row = lambda **kw: _Ctx("Row", **kw)
-
-
-class _PP:
-    def __init__(self, images):
-        self.images = images
-
-
-class _Img2Img:
-    calls: list = []
-
-    def __init__(self, **kw):
-        self.kw = kw
-        self.scripts = "runner"
-        _Img2Img.calls.append(self)
-
-
-def _process_images(p2):
-    """Fake inpainting: paint the masked pixels white, so the test can see what was repainted."""
-    img = np.asarray(p2.kw["init_images"][0]).copy()
-    m = np.asarray(p2.kw["image_mask"]) > 127
-    img[m] = 255
-    from PIL import Image
-    return types.SimpleNamespace(images=[Image.fromarray(img)])
-
-
-@pytest.fixture
-def ext(monkeypatch):
-    modules = types.ModuleType("modules")
-    ms = types.ModuleType("modules.scripts")
-
-    class Script:
-        pass
-
-    ms.Script = Script
-    ms.AlwaysVisible = object()
-    mp = types.ModuleType("modules.processing")
-    mp.StableDiffusionProcessingImg2Img = _Img2Img
-    mp.process_images = _process_images
-    modules.scripts, modules.processing = ms, mp
-    monkeypatch.setitem(sys.modules, "modules", modules)
-    monkeypatch.setitem(sys.modules, "modules.scripts", ms)
-    monkeypatch.setitem(sys.modules, "modules.processing", mp)
-    monkeypatch.setitem(sys.modules, "gradio", _FakeGradio())
-    _Img2Img.calls.clear()
-    _FakeGradio.opened.clear()
-    spec = importlib.util.spec_from_file_location("rewardloop_a1111_under_test", ROOT / "scripts" / "rewardloop_a1111.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    _logic.clear_scorers()
-    yield mod
-    _logic.clear_scorers()
-
-
-def brightness_scorer(name="caption", higher=True):
-    def fn(images, prompts):
-        return [RewardScores(name, [float(np.asarray(im).mean()) / 255 for im in images], higher, (0, 1))]
-    return FunctionScorer([name], fn)
-
-
-def fixed_scorer(name, values, higher=True, details=None):
-    return FunctionScorer([name], lambda images, prompts: [RewardScores(name, list(values), higher, (0, 1),
-                                                                        details or [])])
-
-
-def use_scorers(monkeypatch, table):
-    monkeypatch.setattr(_logic, "SCORER_FACTORY", lambda name: table[name])
-
-
-def batch(levels, h=16, w=20):
-    """WebUI-style batch: CHW float tensors in 0..1, one flat grey level each."""
-    return [torch.full((3, h, w), float(v)) for v in levels]
-
-
-def make_p(n, batch_size=None, n_iter=1):
-    bs = batch_size or n
-    total = bs * n_iter
-    return types.SimpleNamespace(
-        prompt="a cat", negative_prompt="blurry", batch_size=bs, n_iter=n_iter, steps=20, cfg_scale=7.0,
-        sampler_name="Euler a", sd_model="model", outpath_samples="out", outpath_grids="grids",
-        all_prompts=[f"prompt{i}" for i in range(total)], all_negative_prompts=[f"neg{i}" for i in range(total)],
-        all_seeds=[100 + i for i in range(total)], all_subseeds=[200 + i for i in range(total)],
-        prompts=[f"prompt{i}" for i in range(bs)], negative_prompts=[f"neg{i}" for i in range(bs)],
-        seeds=[100 + i for i in range(bs)], subseeds=[200 + i for i in range(bs)])
-
-
-def args(enabled=True, rewards=("caption",), w=(1.0, 1.0, 1.0), keep=0, mode="rank_sum", autofix=False,
-         threshold=0.5, dilation=0.0, denoise=0.5):
-    return (enabled, list(rewards), *w, keep, mode, autofix, threshold, dilation, denoise)
-
-
-def start_batch(p, b):
-    """What the WebUI does before each batch: slice the per-batch lists out of p.all_*."""
-    s = b * p.batch_size
-    p.prompts = p.all_prompts[s:s + p.batch_size]
-    p.negative_prompts = p.all_negative_prompts[s:s + p.batch_size]
-    p.seeds = p.all_seeds[s:s + p.batch_size]
-    p.subseeds = p.all_subseeds[s:s + p.batch_size]
-
-
-# ------------------------------------------------------------------ UI
-def test_script_is_always_visible_with_an_accordion(ext):
-    s = ext.RewardLoopScript()
-    assert s.title() == "RewardLoop"
-    assert s.show(False) is sys.modules["modules.scripts"].AlwaysVisible
-    assert s.show(True) is sys.modules["modules.scripts"].AlwaysVisible
-    comps = s.ui(False)
-    assert [c.kind for c in comps] == ["Checkbox", "CheckboxGroup", "Slider", "Slider", "Slider", "Slider",
-                                       "Dropdown", "Checkbox", "Slider", "Slider", "Slider"]
-    assert len(comps) == len(_logic.UI_ORDER)
-    assert comps[1].kw["choices"] == ["caption", "sam_llm", "rich"]
-    assert _FakeGradio.opened[0].kind == "Accordion"
-    # the UI defaults parse into valid settings
-    defaults = [c.kw.get("value") for c in comps]
-    st = _logic.parse_args(*defaults)
-    assert st.enabled is False and st.rewards == ["caption"] and st.mode == "rank_sum" and not st.active
-
-
-# ------------------------------------------------------------------ best-of-N
-def test_reorders_best_first_and_keeps_lists_in_step(ext, monkeypatch):
-    use_scorers(monkeypatch, {"caption": brightness_scorer()})
-    s, p = ext.RewardLoopScript(), make_p(4)
-    imgs = batch([0.2, 0.8, 0.5, 0.9])
-    pp = _PP(list(imgs))
-    s.postprocess_batch_list(p, pp, *args(), batch_number=0)
-    assert [round(float(t.mean()), 1) for t in pp.images] == [0.9, 0.8, 0.5, 0.2]
-    assert all(isinstance(t, torch.Tensor) and t.shape == (3, 16, 20) for t in pp.images)
-    assert p.seeds == [103, 101, 102, 100] and p.prompts == ["prompt3", "prompt1", "prompt2", "prompt0"]
-    assert p.negative_prompts == ["neg3", "neg1", "neg2", "neg0"] and p.subseeds == [203, 201, 202, 200]
-    assert p.all_seeds == [103, 101, 102, 100] and p.all_prompts[0] == "prompt3"
-
-
-def test_keep_top_k_drops_the_rest(ext, monkeypatch):
-    use_scorers(monkeypatch, {"caption": brightness_scorer()})
-    s, p = ext.RewardLoopScript(), make_p(4)
-    pp = _PP(batch([0.2, 0.8, 0.5, 0.9]))
-    s.postprocess_batch_list(p, pp, *args(keep=2), batch_number=0)
-    assert len(pp.images) == 2 and [round(float(t.mean()), 1) for t in pp.images] == [0.9, 0.8]
-    assert p.seeds == [103, 101] and p.prompts == ["prompt3", "prompt1"]
-    assert p.all_seeds == [103, 101] and p.all_prompts == ["prompt3", "prompt1"]
-    assert p.all_subseeds == [203, 201] and p.all_negative_prompts == ["neg3", "neg1"]
-
-
-def test_several_batches_keep_all_lists_aligned(ext, monkeypatch):
-    use_scorers(monkeypatch, {"caption": brightness_scorer()})
-    s, p = ext.RewardLoopScript(), make_p(3, batch_size=3, n_iter=2)
-    start_batch(p, 0)
-    pp0 = _PP(batch([0.1, 0.7, 0.4]))
-    s.postprocess_batch_list(p, pp0, *args(keep=1), batch_number=0)
-    assert p.seeds == [101] and len(p.all_seeds) == 6  # later batches still slice all_* by n * batch_size
-    start_batch(p, 1)
-    assert p.seeds == [103, 104, 105]
-    pp1 = _PP(batch([0.3, 0.2, 0.6]))
-    s.postprocess_batch_list(p, pp1, *args(keep=1), batch_number=1)
-    assert p.seeds == [105] and p.prompts == ["prompt5"]
-    assert p.all_seeds == [101, 105] and p.all_prompts == ["prompt1", "prompt5"]
-    assert p.all_subseeds == [201, 205]
-
-
-def test_two_weighted_rewards_rank_sum_by_hand(ext, monkeypatch):
-    # caption (higher better): [0.9, 0.1, 0.5] -> ranks [0, 2, 1]
-    # artefacts (lower better): [3, 1, 2]      -> ranks [2, 0, 1]
-    # weights caption 1, sam_llm 3: totals [0+6, 2+0, 1+3] = [6, 2, 4] -> order [1, 2, 0]
-    use_scorers(monkeypatch, {"caption": fixed_scorer("caption", [0.9, 0.1, 0.5]),
-                              "sam_llm": fixed_scorer("artefacts", [3, 1, 2], higher=False)})
-    s, p = ext.RewardLoopScript(), make_p(3)
-    pp = _PP(batch([0.1, 0.2, 0.3]))
-    s.postprocess_batch_list(p, pp, *args(rewards=("caption", "sam_llm"), w=(1.0, 3.0, 1.0)), batch_number=0)
-    assert p.seeds == [101, 102, 100]
-    # with equal weights: totals [2, 2, 2] -> ties resolved deterministically (never a crash, all kept)
-    p2, pp2 = make_p(3), _PP(batch([0.1, 0.2, 0.3]))
-    s.postprocess_batch_list(p2, pp2, *args(rewards=("caption", "sam_llm")), batch_number=0)
-    assert sorted(p2.seeds) == [100, 101, 102] and len(pp2.images) == 3
-
-
-def test_local_rank_sum_fallback_by_hand():
-    a = RewardScores("a", [1.0, 3.0, 3.0, 2.0])          # ranks [3, 0.5, 0.5, 2]
-    b = RewardScores("b", [5.0, 6.0, 4.0, 7.0], False)  # lower better: ranks [2, 1... ] -> oriented [-5,-6,-4,-7]
-    # b oriented best-first: 4 (idx2) rank0, 5 (idx0) rank1, 6 (idx1) rank2, 7 (idx3) rank3
-    # totals (w=1,1): [3+1, 0.5+2, 0.5+0, 2+3] = [4, 2.5, 0.5, 5]
-    assert _logic.rank_sum_order([a, b], [1.0, 1.0]) == [2, 1, 0, 3]
-    assert _logic.rank_sum_order([a], [1.0]) == [1, 2, 3, 0]  # tie 1/2 -> lower index first
-    with pytest.raises(ValueError, match="NaN"):
-        _logic.rank_sum_order([RewardScores("c", [1.0, float("nan")])], [1.0])
-
-
-def test_rich_reward_shares_its_weight_among_its_scores(monkeypatch):
-    seen = {}
-
-    def fake_rank(flat, w, mode="rank_sum"):
-        seen["w"] = w
-        return types.SimpleNamespace(order=[0, 1])
-
-    mod = types.ModuleType("rewardloop.rewards.ranking")
-    mod.assemble_rank = fake_rank
-    monkeypatch.setitem(sys.modules, "rewardloop.rewards.ranking", mod)
-    scored = {"caption": [RewardScores("caption", [1, 2])],
-              "rich": [RewardScores(k, [1, 2]) for k in ("plausibility", "aesthetics", "alignment", "overall")]}
-    assert _logic.rank_order(scored, {"caption": 2.0, "rich": 1.0}) == [0, 1]
-    assert seen["w"] == [2.0, 0.25, 0.25, 0.25, 0.25]
-
-
-def test_off_or_without_our_args_leaves_the_batch_alone(ext, monkeypatch):
-    use_scorers(monkeypatch, {})  # any scorer use would KeyError
-    s, p = ext.RewardLoopScript(), make_p(2)
-    imgs = batch([0.2, 0.8])
-    pp = _PP(list(imgs))
-    s.postprocess_batch_list(p, pp, *args(enabled=False), batch_number=0)
-    s.postprocess_batch_list(p, pp, batch_number=0)  # API call that did not send our arguments
-    assert pp.images[0] is imgs[0] and p.seeds == [100, 101]
+# ------------------------------------------------------------------ settings and PNG info
+def test_api_may_send_only_the_first_arguments():
+    s = logic.parse_args(True, ["rich"])
+    assert s.enabled and s.rewards == ["rich"] and s.keep_top_k == 0 and s.fix_candidates == 1
+    assert s.models["caption.captioner"] == "blip-large" and s.models["sam_llm.clip"] == ""
+    assert logic.parse_args(True, "caption, rich").rewards == ["caption", "rich"]
+    assert not logic.parse_args().active
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(mode="best"), "ranking mode"), (dict(w=(1.0, -1.0, 1.0)), "weights"), (dict(rewards=("clip",)), "unknown"),
+    (dict(mode="best"), "ranking mode"), (dict(w_sam_llm=-1.0), "weights"), (dict(rewards=["clip"]), "unknown"),
+    (dict(fix_reward="caption"), "heatmaps"), (dict(fix_candidates=0), "candidates"), (dict(denoise=0.0), "denoising"),
 ])
-def test_bad_settings_are_refused_clearly(bad, match):
-    with pytest.raises(ValueError, match=match):
-        _logic.parse_args(*args(**bad))
+def test_bad_settings_are_refused_in_one_line(bad, match):
+    with pytest.raises(ValueError, match=match) as e:
+        logic.parse_args(*args(**bad))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="at most"):
+        logic.parse_args(*args(), "extra")
 
 
-def test_a_scorer_returning_the_wrong_count_is_refused(ext, monkeypatch):
-    use_scorers(monkeypatch, {"caption": fixed_scorer("caption", [0.5])})
-    with pytest.raises(ValueError, match="1 scores for 2 images"):
-        ext.RewardLoopScript().postprocess_batch_list(make_p(2), _PP(batch([0.1, 0.2])), *args(), batch_number=0)
+def test_models_per_reward_and_light_defaults():
+    s = logic.parse_args(*args(**{"sam_llm.clip": "clip-vit-large-patch14", "rich.rich_feedback": "/m/rahf"}))
+    assert s.models_for("caption") == {"captioner": "blip-large", "text_encoder": "all-MiniLM-L6-v2"}
+    assert s.models_for("sam_llm") == {"sam": "sam-vit-b", "llm": "SmolLM2-135M-Instruct",
+                                       "clip": "clip-vit-large-patch14"}  # CLIP labels: no captioner loaded
+    assert s.models_for("rich") == {"rich_feedback": "/m/rahf"}
+    assert logic.parse_args(*args()).models_for("sam_llm")["captioner"] == "blip-large"
 
 
-# ------------------------------------------------------------------ auto-fix
+def test_png_info_round_trip():
+    s = logic.parse_args(*args(enabled=True, rewards=["caption", "rich"], w_rich=2.5, keep_top_k=2, mode="zscore",
+                               autofix=True, threshold=0.35, dilation=2.0, denoise=0.6, fix_candidates=3,
+                               **{"rich.rich_feedback": "tiny-rahf"}))
+    params = logic.generation_params(s)
+    assert params == {"RewardLoop rank": "caption+rich", "RewardLoop weights": "1+2.5", "RewardLoop mode": "zscore",
+                      "RewardLoop top k": 2, "RewardLoop fix": "rich",
+                      "RewardLoop fix settings": "threshold 0.35; dilation 2%; denoise 0.6; candidates 3",
+                      "RewardLoop models": "caption.captioner=blip-large; caption.text_encoder=all-MiniLM-L6-v2; "
+                                           "rich.rich_feedback=tiny-rahf"}
+    back = logic.settings_from_infotext({k: str(v) for k, v in params.items()})
+    assert logic.parse_args(*args(**back)) == s
+    assert logic.settings_from_infotext({"Steps": "20"}) == {"enabled": False, "autofix": False}
+
+
+# ------------------------------------------------------------------ the per-image lists, by hand
+def make_p(batch_size, n_iter):
+    total = batch_size * n_iter
+    return types.SimpleNamespace(
+        batch_size=batch_size, n_iter=n_iter, all_prompts=[f"p{i}" for i in range(total)],
+        all_negative_prompts=[f"n{i}" for i in range(total)], all_seeds=[100 + i for i in range(total)],
+        all_subseeds=[200 + i for i in range(total)], overlay_images=["o0", "o1", "o2"], color_corrections=None)
+
+
+def start_batch(p, b):
+    """What the WebUI does before each batch."""
+    s = b * p.batch_size
+    for name in logic.PER_BATCH_LISTS:
+        setattr(p, name, getattr(p, "all_" + name)[s:s + p.batch_size])
+    book = getattr(p, logic.BatchBook.ATTR, None)
+    if book:
+        book.restore_slots(p)  # our before_process_batch hook
+
+
+def test_two_batches_top1_then_finish():
+    p = make_p(3, 2)
+    book = logic.BatchBook.of(p)
+    start_batch(p, 0)
+    book.apply(p, [2], 0, 3, 3)
+    assert p.seeds == [102] and p.overlay_images == ["o2"]            # this batch's remaining steps
+    assert p.all_seeds[:3] == [102, 100, 101] and len(p.all_seeds) == 6  # the next batch still slices at 3
+    start_batch(p, 1)
+    assert p.seeds == [103, 104, 105] and p.overlay_images == ["o0", "o1", "o2"]  # per-slot order restored
+    book.apply(p, [1, 0], 1, 3, 3)
+    assert p.seeds == [104, 103] and p.overlay_images == ["o1", "o0"]
+    book.finish(p)
+    assert p.all_seeds == [102, 104, 103] and p.all_prompts == ["p2", "p4", "p3"]
+    assert p.all_subseeds == [202, 204, 203] and p.all_negative_prompts == ["n2", "n4", "n3"]
+    assert p.overlay_images == ["o0", "o1", "o2"]
+
+
+def test_interrupt_after_the_first_batch():
+    p = make_p(2, 3)
+    book = logic.BatchBook.of(p)
+    start_batch(p, 0)
+    book.apply(p, [1], 0, 2, 2)
+    book.finish(p)  # the WebUI calls postprocess after an interrupted loop too
+    assert p.all_seeds == [101] and p.all_prompts == ["p1"]
+    q = make_p(2, 2)
+    logic.BatchBook.of(q).keep_all(0, 2, 2)  # a batch left alone (error) keeps its images
+    logic.BatchBook.of(q).finish(q)
+    assert q.all_seeds == [100, 101]
+
+
+# ------------------------------------------------------------------ images and masks
+def test_scored_pixels_are_the_saved_pixels():
+    x = torch.rand(3, 5, 7)
+    pil = host.to_pil(x)
+    saved = (255.0 * np.moveaxis(x.numpy(), 0, 2)).astype(np.uint8)  # what the WebUI saves
+    assert (np.asarray(pil) == saved).all()
+    back = host.like(x, pil)
+    assert back.shape == x.shape and back.dtype == x.dtype
+    assert ((255.0 * np.moveaxis(back.numpy(), 0, 2)).astype(np.uint8) == saved).all()
+
+
 def test_heatmap_mask_threshold_and_dilation_by_hand():
     heat = np.zeros((4, 4), np.float32)
     heat[1, 2] = 0.9
-    m = _logic.heatmap_mask(heat, (4, 4), 0.5, 0.0)
+    m = logic.heatmap_mask(heat, (4, 4), 0.5, 0.0)
     assert m.sum() == 1 and m[1, 2] == 1
-    m = _logic.heatmap_mask(heat, (20, 20), 0.5, 5.0)  # upsampled 5x, then dilated by 1 px
-    assert m.any() and m.max() == 1
-    assert _logic.heatmap_mask(np.zeros((4, 4)), (8, 8), 0.5, 10.0).sum() == 0
+    m = logic.heatmap_mask(heat, (20, 20), 0.5, 5.0)  # upsampled 5x, then dilated by 1 px
+    assert m.any() and m.sum() > logic.heatmap_mask(heat, (20, 20), 0.5, 0.0).sum()
+    assert logic.heatmap_mask(np.zeros((4, 4)), (8, 8), 0.5, 10.0).sum() == 0
 
 
-def test_autofix_repaints_only_flagged_regions_through_img2img(ext, monkeypatch):
-    heat_flag = torch.zeros(8, 10)
-    heat_flag[2:4, 3:6] = 0.9  # flagged block of image 1 (at half resolution)
-    details = [{"implausibility_heatmap": torch.zeros(8, 10)}, {"implausibility_heatmap": heat_flag}]
-    use_scorers(monkeypatch, {"rich": fixed_scorer("plausibility", [0.4, 0.6], details=details)})
-    s, p = ext.RewardLoopScript(), make_p(2)
-    imgs = batch([0.2, 0.2])
-    pp = _PP(list(imgs))
-    s.postprocess_batch_list(p, pp, *args(enabled=False, autofix=True, threshold=0.5, dilation=0.0, denoise=0.35),
-                             batch_number=0)
-    assert len(_Img2Img.calls) == 1  # only image 1 had a flagged region
-    kw = _Img2Img.calls[0].kw
-    assert kw["denoising_strength"] == 0.35 and kw["seed"] == 101 and kw["prompt"] == "prompt1"
-    assert kw["width"] == 20 and kw["height"] == 16 and kw["sd_model"] == "model"
-    assert _Img2Img.calls[0].scripts is None  # never re-enters always-on scripts
-    mask = np.asarray(kw["image_mask"]) > 127
-    assert mask[4:8, 6:12].all() and mask.sum() == 4 * 6  # the block, scaled x2
-    fixed = pp.images[1]
-    assert isinstance(fixed, torch.Tensor) and fixed.shape == (3, 16, 20)
-    assert float(fixed[:, 5, 7].min()) == 1.0 and abs(float(fixed[:, 0, 0].max()) - 0.2) < 0.01
-    assert pp.images[0] is imgs[0]
-    assert p.seeds == [100, 101]  # no ranking asked: order unchanged
+# ------------------------------------------------------------------ auto-fix: keep only improvements
+class _Sampler:
+    calls: list = []
+
+    def __init__(self, p, prompt, negative, denoise):
+        self.prompt, self.negative = prompt, negative
+
+    def __call__(self, image, mask, k, seed):
+        _Sampler.calls.append((self.prompt, self.negative, k, seed))
+        return torch.ones(k, *image.shape[1:3], 3)  # white everywhere; auto_fix keeps it only inside the mask
 
 
-def test_autofix_then_best_of_n_and_rich_added_for_masks(ext, monkeypatch):
+def test_a_fix_replaces_an_image_only_when_it_scores_higher(monkeypatch):
+    heat = torch.zeros(8, 10)
+    heat[2:4, 3:6] = 0.9
+
+    def rich(images, prompts):  # brighter = more plausible for image 0's fixes; image 1's fixes score lower
+        vals = [float(np.asarray(im).mean()) / 255 for im in images]
+        if prompts[0] == "p1" and len(images) > 2:
+            vals = [1.0] + [0.0] * (len(images) - 1)
+        return [RewardScores("plausibility", vals, True, (0, 1), [{"implausibility_heatmap": heat}] * len(images))]
+
+    monkeypatch.setattr(logic, "SCORER_FACTORY", lambda name, models: FunctionScorer(["plausibility"], rich))
+    logic.clear_scorers()
+    _Sampler.calls.clear()
+    p = types.SimpleNamespace(prompts=["p0", "p1"], negative_prompts=["n0", "n1"], seeds=[5, 9], batch_size=2)
+    originals = [torch.full((3, 16, 20), 0.2), torch.full((3, 16, 20), 0.2)]
+    images, pils = list(originals), [host.to_pil(t) for t in originals]
+    s = logic.parse_args(*args(autofix=True, threshold=0.5, dilation=0.0, fix_candidates=2))
+    scored = logic.score(pils, p.prompts, ["rich"], s)
+    book = logic.BatchBook.of(p)
+    kept = host.autofix_batch(p, images, pils, p.prompts, p.negative_prompts, p.seeds, scored, s, book, 0,
+                              sampler_cls=_Sampler)
+    logic.clear_scorers()
+    assert kept == [0]
+    assert _Sampler.calls == [("p0", "n0", 2, 5), ("p1", "n1", 2, 9)]  # each image's own negative prompt and seed
+    a = np.asarray(host.to_pil(images[0]))
+    mask = np.zeros((16, 20), bool)
+    mask[4:8, 6:12] = True  # the flagged block, scaled x2
+    assert (a[mask] == 255).all() and (a[~mask] == np.asarray(host.to_pil(originals[0]))[~mask]).all()
+    assert images[1] is originals[1]
+    assert book.notes[(0, 0)]["RewardLoop fix result"].startswith("fixed (plausibility")
+    assert book.notes[(0, 1)]["RewardLoop fix result"].startswith("kept original")
+
+
+# ------------------------------------------------------------------ the outer job's state (A1111 paths)
+def test_outer_job_kept_restores_what_a_nested_job_changes(tmp_path):
+    class SDP:
+        cached_c = [None, None]
+        cached_uc = [None, None]
+
+    class T2I(SDP):
+        cached_hr_c = [None, None]
+
     calls = []
+    processing = types.SimpleNamespace(StableDiffusionProcessing=SDP, StableDiffusionProcessingTxt2Img=T2I)
+    sd_models = types.SimpleNamespace(apply_token_merging=lambda m, r: (calls.append(r),
+                                                                        setattr(m, "applied_token_merged_ratio", r)))
+    state = types.SimpleNamespace(job="outer", job_no=1, job_count=4, sampling_step=3, sampling_steps=20,
+                                  textinfo=None, current_image_sampling_step=0)
+    model = types.SimpleNamespace(applied_token_merged_ratio=0.3, comments=["c"], extra_generation_params={"a": 1})
+    p = types.SimpleNamespace(sd_model=model)
+    SDP.cached_c[:] = ["outer params", "outer cond"]
+    outer_cache = SDP.cached_c
+    (tmp_path / "params.txt").write_text("outer infotext")
+    with host.outer_job_kept(p, processing, types.SimpleNamespace(state=state), sd_models, tmp_path):
+        SDP.cached_c[:] = ["nested", "cond"]
+        SDP.cached_c = [None, None]          # what close() does
+        state.job_no, state.job_count, state.sampling_steps = 7, 9, 5
+        model.applied_token_merged_ratio = 0  # A1111's process_images resets token merging to 0
+        model.comments, model.extra_generation_params = [], {}
+        (tmp_path / "params.txt").write_text("nested infotext, Denoising strength: 0.5")
+    assert SDP.cached_c is outer_cache and SDP.cached_c == ["outer params", "outer cond"]
+    assert (state.job_no, state.job_count, state.sampling_steps, state.job) == (1, 4, 20, "outer")
+    assert calls == [0.3] and model.applied_token_merged_ratio == 0.3
+    assert model.comments == ["c"] and model.extra_generation_params == {"a": 1}
+    assert (tmp_path / "params.txt").read_text() == "outer infotext"
+    (tmp_path / "params.txt").unlink()
+    with host.outer_job_kept(p, processing, types.SimpleNamespace(state=state), sd_models, tmp_path):
+        (tmp_path / "params.txt").write_text("nested")
+    assert not (tmp_path / "params.txt").exists() and calls == [0.3]  # ratio unchanged: not re-applied
 
-    def caption(images, prompts):
-        calls.append("caption")
-        return [RewardScores("caption", [0.1, 0.9])]
 
-    heat = torch.ones(4, 4)
-    use_scorers(monkeypatch, {"caption": FunctionScorer(["caption"], caption),
-                              "rich": fixed_scorer("overall", [0.5, 0.5], details=[{"heatmap": heat}, {}])})
-    s, p = ext.RewardLoopScript(), make_p(2)
-    pp = _PP(batch([0.3, 0.3]))
-    s.postprocess_batch_list(p, pp, *args(rewards=("caption",), autofix=True, keep=1), batch_number=0)
-    assert calls == ["caption"] and len(_Img2Img.calls) == 1 and _Img2Img.calls[0].kw["seed"] == 100
-    assert p.seeds == [101] and len(pp.images) == 1  # ranking used caption only (rich only gave the masks)
+def test_report_reaches_the_console_and_the_generation_info(capsys):
+    p = types.SimpleNamespace(extra_generation_params={})
+    host.report(p, "rich_feedback 'x' not found in models/rich_feedback.\nmore")
+    err = capsys.readouterr().err
+    assert err.startswith("*** RewardLoop: rich_feedback 'x' not found")
+    assert p.extra_generation_params["RewardLoop error"] == "RewardLoop: rich_feedback 'x' not found in " \
+                                                            "models/rich_feedback."
 
 
-# ------------------------------------------------------------------ packaging / install
+# ------------------------------------------------------------------ loading
 def test_pack_import_never_pulls_gradio_or_webui_modules():
-    code = ("import sys, rewardloop, rewardloop.scripts, rewardloop.scripts._logic; "
-            "bad = [m for m in ('gradio', 'modules', 'modules.scripts') if m in sys.modules]; "
+    code = ("import sys, rewardloop, rewardloop.sdwebui.logic, rewardloop.sdwebui.host; "
+            "bad = [m for m in ('gradio', 'modules', 'modules.scripts', 'launch') if m in sys.modules]; "
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-@pytest.fixture
-def install(monkeypatch):
-    spec = importlib.util.spec_from_file_location("rewardloop_install_a1111", ROOT / "install.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.delenv("COMFYUI_PATH", raising=False)
-    return mod
+def test_scripts_folder_holds_only_the_script():
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.name != "__pycache__") == ["rewardloop_a1111.py"]
 
 
-def _fake_launch(monkeypatch, skip):
-    launch = types.ModuleType("launch")
-    launch.args = types.SimpleNamespace(skip_install=skip)
-    monkeypatch.setitem(sys.modules, "launch", launch)
-
-
-def test_install_detects_a1111_and_honours_skip_install(install, monkeypatch, capsys):
-    if install.HERE.parent.name == "custom_nodes":
-        pytest.skip("checkout lives in a custom_nodes folder: detected as ComfyUI by design")
-    monkeypatch.delitem(sys.modules, "launch", raising=False)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path])  # untouched; no real `launch` module is importable
-    assert install.detect_host() == "manual"
-    _fake_launch(monkeypatch, skip=True)
-    assert install.detect_host() == "a1111"
-    calls = []
-    assert install.main([], runner=lambda cmd, **kw: calls.append(cmd)) == 0
-    assert calls == [] and "skipped (--skip-install)" in capsys.readouterr().out
-
-
-def test_install_under_a1111_pip_installs_only_missing(install, monkeypatch, capsys):
-    if install.HERE.parent.name == "custom_nodes":
-        pytest.skip("checkout lives in a custom_nodes folder: detected as ComfyUI by design")
-    _fake_launch(monkeypatch, skip=False)
-    monkeypatch.setattr(install, "missing_requirements", lambda lines=None: ["surely-missing>=1"])
-    calls = []
-    assert install.main([], runner=lambda cmd: calls.append(cmd)) == 0
-    assert calls == [[sys.executable, "-m", "pip", "install", "surely-missing>=1"]]
-    monkeypatch.setenv("COMFYUI_PATH", "/somewhere/ComfyUI")
-    assert install.detect_host() == "comfyui"  # the Manager sets COMFYUI_PATH: never treated as A1111
-
-
-def test_script_loads_the_pack_from_its_extension_folder_when_not_installed():
-    """In A1111 the extension folder (any name) is not an importable ``rewardloop``: the script loads it itself."""
+def test_script_loads_the_pack_from_its_folder_the_a1111_way(tmp_path):
+    """A1111 puts the extension folder (any name) on sys.path only while loading the script, and nothing has
+    ``rewardloop`` installed: the script imports its own folder as the package."""
+    ext = tmp_path / "extensions" / "sd-webui-rewardloop"
+    ext.parent.mkdir()
+    ext.symlink_to(ROOT, target_is_directory=True)
     code = f"""
 import importlib.abc, importlib.util, sys, types
 class Block(importlib.abc.MetaPathFinder):
@@ -384,18 +266,31 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("not installed")
         return None
 sys.meta_path.insert(0, Block())
+class Comp:
+    def __init__(self, *a, **kw): self.kw = kw
+    def __enter__(self): return self
+    def __exit__(self, *a): return False
+gr = types.ModuleType("gradio")
+for k in ("Checkbox", "CheckboxGroup", "Slider", "Dropdown", "Accordion", "Row"):
+    setattr(gr, k, Comp)
 ms = types.ModuleType("modules.scripts")
 ms.Script = type("Script", (), {{}})
 ms.AlwaysVisible = object()
 mods = types.ModuleType("modules")
 mods.scripts = ms
-sys.modules.update({{"gradio": types.ModuleType("gradio"), "modules": mods, "modules.scripts": ms}})
-spec = importlib.util.spec_from_file_location("rl_a1111", {str(ROOT / "scripts" / "rewardloop_a1111.py")!r})
+sys.modules.update({{"gradio": gr, "modules": mods, "modules.scripts": ms}})
+saved = list(sys.path)
+sys.path.insert(0, {str(ext)!r})
+spec = importlib.util.spec_from_file_location("rewardloop_a1111.py", {str(ext / "scripts" / "rewardloop_a1111.py")!r})
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
+sys.path[:] = saved
 import rewardloop
-assert rewardloop.__file__ == {str(ROOT / "__init__.py")!r}, rewardloop.__file__
-assert mod._logic.__name__ == "rewardloop.scripts._logic" and rewardloop.NODE_CLASS_MAPPINGS
+from pathlib import Path
+assert Path(rewardloop.__file__).resolve() == Path({str(ROOT / "__init__.py")!r}), rewardloop.__file__
+assert mod.logic.__name__ == "rewardloop.sdwebui.logic" and rewardloop.NODE_CLASS_MAPPINGS
+comps = mod.RewardLoopScript().ui(False)
+assert len(comps) == len(mod.logic.UI_ORDER)
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,

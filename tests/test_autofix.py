@@ -205,7 +205,7 @@ def test_workflows_use_valid_inputs_of_our_nodes(name, node):
     import json
 
     from rewardloop.workflows import graph
-    path = graph.WORKFLOWS_DIR / name
+    path = graph.API_DIR / name
     assert any(n["class_type"] == node for n in json.loads(path.read_text()).values())
     assert graph.validate_file(path, graph.all_specs()) == []
 

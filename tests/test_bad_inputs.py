@@ -169,8 +169,8 @@ def corpus(tmp_path_factory, tiny, models_root):
     for k in ("garbage", "truncated", "huge_length", "bad_proto", "nan_score", "missing_score", "bad_png"):
         c[f"tf_{k}"] = root / f"tf_{k}.tfrecord"
     # workflows: one broken API workflow in its own folder
-    (root / "wf").mkdir()
-    (root / "wf" / "broken.api.json").write_text(json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
+    (root / "wf" / "api").mkdir(parents=True)  # API sources live in <workflows folder>/api
+    (root / "wf" / "api" / "broken.api.json").write_text(json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
     c["wf"] = root / "wf"
     return c
 
@@ -357,6 +357,14 @@ CASES = [
     ("train-dpg-unknown-base", ["train-dpg", "--base", "no-such-base", "--refs", "{good}", "--trigger",
                                             "sks", "--class-prompt", "a dog", "--out", "corpus_dpg"], "no-such-base"),
     ("train-dpg-escaping-name", [*DPG, "--refs", "{good}", "--out", "../escape"], "would leave"),
+    ("train-dpg-unknown-reward", [*DPG, "--refs", "{good}", "--reward", "aesthetics:1", "--out", "corpus_dpg"],
+     "Unknown reward 'aesthetics'"),
+    ("train-dpg-bad-reward-weight", [*DPG, "--refs", "{good}", "--reward", "caption:x", "--out", "corpus_dpg"],
+     "must be a number"),
+    ("train-dpg-reward-unknown-role", [*DPG, "--refs", "{good}", "--reward", "caption", "--reward-model",
+                                       "sam=tiny-sam", "--out", "corpus_dpg"], "no chosen reward takes 'sam'"),
+    ("train-dpg-paper-lora-rate", [*DPG, "--refs", "{good}", "--preset", "paper", "--lr", "1e-4", "--out",
+                                   "corpus_dpg"], "learning rate <= 1e-05"),
     _th("train-dpg-250-char-name", [*DPG, "--refs", "{good}", "--out", "d" * 250], "name"),
     ("train-ranked-missing-prompts", [*RANKED, "--prompts", "{prompts_missing}", "--out", "corpus_ranked"],
      "does not exist"),

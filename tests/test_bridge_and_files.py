@@ -115,3 +115,39 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with atomic_write(target, "w") as f:
         f.write("new")
     assert target.read_text() == "new"
+
+
+def test_progress_bar_shows_the_current_steps_loss(monkeypatch):
+    """Each redraw of the console bar carries the values passed with that update, not the previous step's."""
+    import io
+    monkeypatch.delenv("REWARDLOOP_NO_TQDM", raising=False)
+
+    class Terminal(io.StringIO):  # the bar draws only on a terminal
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = bridge.Progress(3, desc="train")
+    assert bar._tqdm is not None
+    bar._tqdm.mininterval, bar._tqdm.miniters = 0, 0
+    drawn = []
+    monkeypatch.setattr(bar._tqdm, "display", lambda *a, **k: drawn.append(bar._tqdm.postfix))
+    for step, loss in enumerate((0.9, 0.5, 0.1), 1):
+        bar.update(1, postfix={"loss": f"{loss:.1f}"})
+        assert drawn and drawn[-1] == f"loss={loss:.1f}", (step, drawn)
+    bar.close()
+
+
+def test_model_lists_skip_comfyui_placeholders(tmp_path, monkeypatch):
+    monkeypatch.setenv("REWARDLOOP_MODELS", str(tmp_path))
+    for folder, marker in (("checkpoints", "put_checkpoints_here"), ("diffusers", "put_diffusers_models_here"),
+                           ("clip", "put_clip_or_text_encoder_models_here")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / marker).write_text("")
+    (tmp_path / "checkpoints" / "real.safetensors").write_bytes(b"x")
+    (tmp_path / "diffusers" / "my-sd").mkdir()
+    (tmp_path / "clip" / "notes.txt").write_text("not a model")
+    assert "real.safetensors" in bridge.list_folder("checkpoints")
+    assert "my-sd" in bridge.list_folder("diffusers")
+    listed = bridge.list_folder("checkpoints") + bridge.list_folder("diffusers") + bridge.list_folder("clip")
+    assert not [n for n in listed if n.startswith("put_")] and "notes.txt" not in listed, listed

@@ -129,7 +129,7 @@ def test_each_loss_mode_reduces_its_loss(mode, metric, tiny, tmp_path):
         assert "dino_dist" in rows[0]
 
 
-def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path):
+def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path, interrupted_then_resumed):
     data = [(im, "a photo of sks dog") for im in refs(2)]
     cls = [(refs(1)[0], "a photo of dog")]
     tcfg = L.TrainConfig(steps=3, lr=1e-3, resolution=32, save_every=1, seed=3)
@@ -141,14 +141,7 @@ def test_critic_run_resumes_exactly_including_the_critic(tiny, tmp_path):
         return res, obj
 
     full, obj_full = run(tmp_path / "a")
-
-    def stop(info):
-        if info["step"] == 2:
-            bridge.request_interrupt()
-
-    with pytest.raises(bridge.Interrupted):
-        run(tmp_path / "b", stop)
-    res, obj = run(tmp_path / "b")
+    res, obj = interrupted_then_resumed(lambda progress: run(tmp_path / "b", progress), at=2)
     assert res.steps_done == 3
     for k in full.state:
         assert torch.equal(full.state[k], res.state[k]), k
@@ -240,7 +233,11 @@ def test_two_processes_under_torchrun_train_and_export_once(tiny, tmp_path, mode
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([pack_parent, os.environ.get("PYTHONPATH", "")]),
                REWARDLOOP_MODELS=str(models_root), REWARDLOOP_OUTPUT=str(tmp_path / "out"), OMP_NUM_THREADS="1",
                REWARDLOOP_DEVICE="cpu", REWARDLOOP_NO_TQDM="1", HF_HUB_OFFLINE="1")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "rewardloop", "train-dpg",
+    import socket
+    with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", port, "-m", "rewardloop", "train-dpg",
            "--base", "tiny-sd", "--refs", str(refs_dir), "--trigger", "sks", "--class-prompt", "a photo of a dog",
            "--out", "ddp_test", "--steps", "2", "--resolution", "32", "--preset", "cpu", "--num-class-images", "1",
            "--sample-steps", "1", "--save-every", "1", "--mode", "look_forward"]

@@ -449,8 +449,8 @@ def test_cli_train_ranked(tiny, models_root, tmp_path, monkeypatch, capsys):
 
 
 def test_ranked_workflow_is_valid():
-    """workflows/ranked_finetune.api.json names existing nodes with valid inputs and links."""
+    """workflows/api/ranked_finetune.api.json names existing nodes with valid inputs and links."""
     from rewardloop.workflows import graph
-    path = graph.WORKFLOWS_DIR / "ranked_finetune.api.json"
+    path = graph.API_DIR / "ranked_finetune.api.json"
     assert any(n["class_type"] == "RewardLoopRankedFinetune" for n in json.loads(path.read_text()).values())
     assert graph.validate_file(path, graph.all_specs()) == []

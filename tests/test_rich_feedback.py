@@ -70,8 +70,9 @@ def test_augmented_prompt_variant(tiny, models_root, tmp_path):
     assert not cfg.multi_head and set(model.heatmap_heads) == {"shared"} and set(model.score_heads) == {"shared"}
     res = predict(model, _images(), "a red car", tokenizer=tok, keywords=False)
     assert [tuple(m.shape) for m in res.heatmaps["misalignment"]] == [(24, 40), (20, 36)]
-    # the task text changes the output: different heads' inputs give different scores
-    assert len({round(res.scores[k][0], 6) for k in SCORE_TYPES}) > 1
+    # the task text changes the output: the shared heatmap head gives different maps for the two tasks (the shared
+    # score head of a random tiny model may saturate to one value, so the scores are not compared)
+    assert (res.heatmaps["implausibility"][0] - res.heatmaps["misalignment"][0]).abs().max() > 1e-4
 
 
 def test_save_load_round_trip(rahf, tmp_path):
@@ -219,7 +220,9 @@ def test_tfrecord_round_trip_and_checks(tmp_path):
     exm.field.add(name="features", number=1, type=11, label=1, type_name=".tft.Features")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
-    Example = message_factory.GetMessageClass(pool.FindMessageTypeByName("tft.Example"))
+    desc = pool.FindMessageTypeByName("tft.Example")
+    Example = message_factory.GetMessageClass(desc) if hasattr(message_factory, "GetMessageClass") \
+        else message_factory.MessageFactory(pool).GetPrototype(desc)  # protobuf < 4.21 (Forge pins 3.20)
     msg = Example.FromString(T.encode_example(ex))
     assert list(msg.features.feature["ints"].int64_list.value) == [1, -2, 300]
     assert msg.features.feature["filename"].bytes_list.value[0] == b"a/b/uid1.png"

@@ -8,7 +8,8 @@ from rewardloop.weights.catalogue import CATALOGUE
 from rewardloop.weights.loaders import LOADERS, sam_config_from_state_dict
 from rewardloop.weights.registry import resolve
 
-TINY = [s for s in CATALOGUE if s.source == "tiny"]
+# tiny-sd15-single needs a CLIP tokenizer like a user's checkpoint does: its own tests below
+TINY = [s for s in CATALOGUE if s.source == "tiny" and s.key != "tiny-sd15-single"]
 
 
 @pytest.mark.parametrize("spec", TINY, ids=[s.key for s in TINY])
@@ -53,7 +54,7 @@ def test_captioner_and_llm_generate(tiny, fresh_cache):
     from rewardloop.rewards.images import image_to_pil
     cap = LOADERS["captioner"](tiny("tiny-blip2"), device="cpu")
     img = image_to_pil(torch.rand(1, 32, 32, 3))
-    inputs = cap.processor(images=img, return_tensors="pt")
+    inputs = cap.processor(images=img, text="", return_tensors="pt")  # the image tokens (transformers 4.x too)
     out = cap.model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[0] == 1
     llm = LOADERS["llm"](tiny("tiny-llm"), device="cpu")
@@ -66,3 +67,66 @@ def test_captioner_and_llm_generate(tiny, fresh_cache):
 def test_unknown_dtype_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="fp32, fp16, bf16"):
         LOADERS["llm"](tiny("tiny-llm"), dtype="fp8", device="cpu")
+
+
+def _write_clip_tokenizer(folder):
+    from rewardloop.weights.tiny import clip_tokenizer
+    tok = clip_tokenizer()
+    tok.model_max_length = 8192  # like ComfyUI's copy says
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_clip_tokenizer_missing_is_one_actionable_line(monkeypatch):
+    from rewardloop.weights import clip_tokenizer as ct
+    monkeypatch.setattr(ct, "candidate_dirs", lambda: [])
+    monkeypatch.setattr(ct, "package_bpe_files", lambda: [])
+    with pytest.raises(FileNotFoundError) as e:
+        ct.find_clip_tokenizer()
+    msg = str(e.value)
+    assert "\n" not in msg and "download clip-l-tokenizer" in msg and "comfy/sd1_tokenizer" in msg
+
+
+def test_clip_tokenizer_found_in_a_namespace_package_and_cut_at_77(tmp_path, monkeypatch):
+    """ComfyUI's `comfy` is a namespace package (no __init__.py, __file__ is None): it is found through its path."""
+    import sys
+    from rewardloop.weights import clip_tokenizer as ct
+    _write_clip_tokenizer(tmp_path / "comfy" / "sd1_tokenizer")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "comfy", raising=False)
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setenv("REWARDLOOP_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("REWARDLOOP_PACK_MODELS", str(tmp_path / "pack_models"))
+    monkeypatch.setattr(ct, "_hf_cache_dirs", lambda: [])
+    monkeypatch.setattr(ct, "package_bpe_files", lambda: [])
+    import comfy  # noqa: F401
+    assert getattr(sys.modules["comfy"], "__file__", None) is None
+    tok = ct.find_clip_tokenizer()
+    assert tok.model_max_length == 77
+    assert len(tok(["a cat " * 100], truncation=True, max_length=tok.model_max_length).input_ids[0]) == 77
+
+
+@pytest.mark.slow
+def test_tiny_sd15_single_loads_in_the_trainers_offline(tiny, models_root):
+    """The one base of the real-host tests: an SD1.5-layout single file that the trainers load with every tensor
+    in place (ComfyUI's and Forge's detection are checked in the real hosts)."""
+    from safetensors import safe_open
+    from rewardloop.trainers.base_model import load_base
+    from rewardloop.weights.tiny import sd_to_ldm_state_dict
+    path = resolve(tiny("tiny-sd15-single")).path
+    _write_clip_tokenizer(models_root / "clip" / "clip-l-tokenizer")
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["rewardloop.diffusers_config"] == "tiny-sd15"
+        ref = {k: f.get_tensor(k) for k in keys if k.endswith("conv_in.weight") or "attn2.to_k" in k
+               or "final_layer_norm" in k}
+    assert any(k.startswith("cond_stage_model.transformer.text_model.encoder.layers.11.") for k in keys)
+    assert any(k.startswith("first_stage_model.decoder.up.3.") for k in keys)
+    assert any(k.startswith("model.diffusion_model.input_blocks.1.1.") for k in keys)  # one level with attention
+    c = load_base(path, device="cpu")
+    assert c.family == "sd1" and c.tokenizer.model_max_length == 77
+    assert c.unet.config.block_out_channels == (320,) or list(c.unet.config.block_out_channels) == [320]
+    back = sd_to_ldm_state_dict(c)
+    assert set(back) == set(keys)
+    for k, v in ref.items():
+        assert torch.equal(back[k].to(v.dtype), v), k

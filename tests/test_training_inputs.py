@@ -428,9 +428,13 @@ def test_load_lora_into_reads_diffusers_and_peft_files(tiny, tmp_path):
     src = L.load_base(base, device="cpu")
     ids = L._tokenize(src.tokenizer, ["a photo of sks dog"], "cpu")
     plain = _unet_out(src, x, ids)
-    ucfg = PeftLoraConfig(r=2, lora_alpha=3, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    import inspect
+    # diffusers < 0.34 (Forge pins 0.31) writes no adapter metadata: its files mean alpha = rank
+    takes_meta = "unet_lora_adapter_metadata" in inspect.signature(StableDiffusionPipeline.save_lora_weights).parameters
+    ucfg = PeftLoraConfig(r=2, lora_alpha=3 if takes_meta else 2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                           init_lora_weights="gaussian")
-    tcfg = PeftLoraConfig(r=2, lora_alpha=5, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
+    tcfg = PeftLoraConfig(r=2, lora_alpha=5 if takes_meta else 2, target_modules=["q_proj", "v_proj"],
+                          init_lora_weights="gaussian")
     src.unet.add_adapter(ucfg)
     from peft import inject_adapter_in_model
     inject_adapter_in_model(tcfg, src.text_encoder)
@@ -445,7 +449,8 @@ def test_load_lora_into_reads_diffusers_and_peft_files(tiny, tmp_path):
     StableDiffusionPipeline.save_lora_weights(
         tmp_path / "diffusers", unet_lora_layers=get_peft_model_state_dict(src.unet),
         text_encoder_lora_layers=get_peft_model_state_dict(src.text_encoder),
-        unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict())
+        **(dict(unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict())
+           if takes_meta else {}))
     dfile = tmp_path / "diffusers" / "pytorch_lora_weights.safetensors"
     # our merge of the diffusers file ...
     fresh = L.load_base(base, device="cpu")
@@ -455,7 +460,7 @@ def test_load_lora_into_reads_diffusers_and_peft_files(tiny, tmp_path):
     assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
     # ... equals what diffusers' own loader makes of it
     ref = L.load_base(base, device="cpu")
-    ref.pipeline().load_lora_weights(str(tmp_path / "diffusers"))
+    ref.pipeline().load_lora_weights(str(tmp_path / "diffusers"), weight_name=dfile.name)
     assert torch.allclose(_unet_out(ref, x, ids), got, atol=1e-4)
     # a peft adapter folder (save_pretrained: base_model.model.… keys + adapter_config.json)
     unet_only = L.load_base(base, device="cpu")

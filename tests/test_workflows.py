@@ -12,7 +12,8 @@ from rewardloop.workflows import graph, make_ui, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WF = ROOT / "workflows"
-API_FILES = sorted(WF.glob("*.api.json"))
+API = WF / "api"
+API_FILES = sorted(API.glob("*.api.json"))
 UI_FILES = graph.ui_files(WF)
 
 
@@ -230,7 +231,8 @@ def test_ui_validator_finds_errors(specs, mutate, expect):
 
 
 def test_make_ui_writes_then_reports_fresh(tmp_path, specs):
-    (tmp_path / "demo.api.json").write_text(json.dumps(_base()))
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "demo.api.json").write_text(json.dumps(_base()))
     lines: list[str] = []
     assert make_ui.convert_all(tmp_path, out=lines.append) == 0
     assert (tmp_path / "demo.json").is_file() and "wrote   demo.json" in lines
@@ -240,7 +242,7 @@ def test_make_ui_writes_then_reports_fresh(tmp_path, specs):
     assert make_ui.convert_all(tmp_path, check=True, out=lines.append) == 1 and "STALE" in lines[0]
     broken = _base()
     broken["4"]["inputs"]["scheduler"] = "nope"
-    (tmp_path / "broken.api.json").write_text(json.dumps(broken))
+    (tmp_path / "api" / "broken.api.json").write_text(json.dumps(broken))
     lines.clear()
     assert make_ui.convert_all(tmp_path, out=lines.append) >= 1
     assert any(ln.startswith("INVALID broken.api.json") for ln in lines) and not (tmp_path / "broken.json").exists()
@@ -248,7 +250,8 @@ def test_make_ui_writes_then_reports_fresh(tmp_path, specs):
 
 def test_cli_workflows_subcommand(tmp_path, capsys):
     from rewardloop import cli
-    (tmp_path / "demo.api.json").write_text(json.dumps(_base()))
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "demo.api.json").write_text(json.dumps(_base()))
     assert cli.main(["workflows", "--folder", str(tmp_path)]) == 0
     assert (tmp_path / "demo.json").is_file()
     assert cli.main(["workflows", "--folder", str(tmp_path), "--check"]) == 0
@@ -266,7 +269,7 @@ def test_cli_workflows_subcommand(tmp_path, capsys):
 
 
 def test_tiny_plan_apply(tmp_path):
-    plan = {"w": {"runnable": True, "models": {"ckpt": ["comfy-tiny-sd15"]},
+    plan = {"w": {"runnable": True, "models": {"ckpt": ["tiny-sd15-single"]},
                   "set": {"1": {"ckpt_name": "@ckpt"}, "4": {"steps": 2}}, "replace": {"a cat": "a dog"}},
             "x": {"runnable": False, "reason": "needs a real SAM"}}
     out = tiny_run.apply(_base(), plan["w"], {"ckpt": "tiny.safetensors"})
@@ -288,19 +291,41 @@ def test_ui_validator_skips_editor_only_nodes(specs):
     assert graph.validate_ui(ui, specs) == []
 
 
-def test_preview_png_is_rendered(tmp_path, specs):
-    from rewardloop.workflows.preview import render
-    png = render(graph.api_to_ui(_base(), specs), tmp_path / "p" / "demo.png", title="demo", specs=specs)
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    with pytest.raises(ValueError, match="no nodes"):
-        render({"nodes": [], "links": []}, tmp_path / "empty.png")
+def test_workflows_folder_holds_only_ui_workflows_each_with_a_thumbnail():
+    """ComfyUI's template browser lists every workflows/*.json of the pack (app/custom_node_manager.py) and shows
+    workflows/<name>.jpg as its thumbnail (the frontend asks for `<name>.jpg`)."""
+    from PIL import Image
+    jsons = sorted(WF.glob("*.json"))
+    assert jsons == UI_FILES and jsons, [p.name for p in jsons]
+    for ui in jsons:
+        assert "nodes" in json.loads(ui.read_text()), f"{ui.name} is not a UI workflow"
+        assert (API / (ui.stem + ".api.json")).is_file(), f"{ui.name} has no API source"
+        thumb = ui.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} missing: REWARDLOOP_UPDATE_THUMBNAILS=1 pytest tests/test_comfyui_frontend.py"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width >= 256, (thumb.name, im.format, im.size)
 
 
-def test_every_ui_workflow_has_a_preview():
-    for ui in UI_FILES:
-        assert (WF / "previews" / (ui.stem + ".png")).is_file(), \
-            f"render it: python -m rewardloop workflows --previews ({ui.name})"
+def test_ui_workflows_have_groups_with_notes_covering_every_node():
+    layouts = make_ui.load_layouts(API)
+    for ui_path in UI_FILES:
+        ui = json.loads(ui_path.read_text())
+        assert ui_path.stem in layouts, f"add a layout for {ui_path.stem} to workflows/api/layout.json"
+        groups, nodes = ui["groups"], ui["nodes"]
+        notes = [n for n in nodes if n["type"] == "Note"]
+        assert groups and len(notes) == len(groups), ui_path.name
+        for n in nodes:  # every node sits inside one group's rectangle
+            x, y = n["pos"]
+            inside = [g for g in groups if g["bounding"][0] <= x and x + n["size"][0] <= g["bounding"][0] +
+                      g["bounding"][2] and g["bounding"][1] <= y and y + n["size"][1] <= g["bounding"][1] +
+                      g["bounding"][3]]
+            assert len(inside) == 1, f"{ui_path.name}: node {n['id']} ({n['type']}) is in {len(inside)} groups"
+        for a in groups:  # groups do not overlap
+            for b in groups:
+                if a is not b:
+                    ax, ay, aw, ah = a["bounding"]
+                    bx, by, bw, bh = b["bounding"]
+                    assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay, (a["title"], b["title"])
 
 
 def test_every_workflow_has_a_tiny_plan_entry_and_its_extras_fit():
@@ -310,16 +335,16 @@ def test_every_workflow_has_a_tiny_plan_entry_and_its_extras_fit():
     plan = tiny_run.load_plan()
     order = [api.name[:-len(".api.json")] for api in sorted(API_FILES)]
     for name in order:
-        assert name in plan, f"add an entry for {name} to workflows/tiny_models.json"
+        assert name in plan, f"add an entry for {name} to workflows/api/tiny_models.json"
     for i, name in enumerate(order):
         e = plan[name]
-        prompt = json.loads((WF / f"{name}.api.json").read_text())
+        prompt = json.loads((API / f"{name}.api.json").read_text())
         loaded = {n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"}
         assert set(e.get("inputs", {})) == loaded, f"{name}: plan inputs {sorted(e.get('inputs', {}))} != {sorted(loaded)}"
         for lora in e.get("requires", []):
             writers = []
             for earlier in order[:i]:
-                ep = tiny_run.apply(json.loads((WF / f"{earlier}.api.json").read_text()), plan[earlier],
+                ep = tiny_run.apply(json.loads((API / f"{earlier}.api.json").read_text()), plan[earlier],
                                     {a: "x.safetensors" for a in plan[earlier].get("models", {})})
                 writers += [n["inputs"]["output_name"] + ".safetensors" for n in ep.values()
                             if n["class_type"] == "RewardLoopPersonalizeDPG"]
@@ -328,14 +353,14 @@ def test_every_workflow_has_a_tiny_plan_entry_and_its_extras_fit():
             assert lora in [n["inputs"].get("lora_name") for n in applied.values()], name
 
 
-def test_readme_lists_every_workflow_with_its_preview():
+def test_readme_lists_every_workflow_with_its_thumbnail():
     readme = (WF.parent / "README.md").read_text()
     section = readme[readme.index("## Workflows"):readme.index("## Command line")]
     for api in API_FILES:
         name = api.name[:-len(".api.json")]
         assert f"| [`{name}`](workflows/{name}.json) |" in section, f"README: add a table row for {name}"
-        assert f"(workflows/previews/{name}.png)" in section, f"README: add the preview of {name}"
+        assert f"(workflows/{name}.jpg)" in section, f"README: add the thumbnail of {name}"
     gallery = (WF.parent / "docs" / "workflows.md").read_text()
     for api in API_FILES:
         name = api.name[:-len(".api.json")]
-        assert f"![{name} workflow](../workflows/previews/{name}.png)" in gallery, f"docs/workflows.md: add {name}"
+        assert f"![{name} workflow](../workflows/{name}.jpg)" in gallery, f"docs/workflows.md: add {name}"

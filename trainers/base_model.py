@@ -240,29 +240,9 @@ def _tokenizers_for(cfg_dir: Path, family: str) -> dict:
 
 
 def find_clip_tokenizer(pad_token: str | None = None):
-    """The CLIP BPE tokenizer, offline: models/clip/clip-vit-large-patch14, the HF cache, or ComfyUI's copy."""
-    from transformers import CLIPTokenizer
-    cands: list[Path] = []
-    for base in bridge.folder_search_paths("clip"):
-        cands.append(base / "clip-vit-large-patch14")
-    try:
-        from huggingface_hub import snapshot_download
-        cands.append(Path(snapshot_download("openai/clip-vit-large-patch14", local_files_only=True,
-                                            allow_patterns=["*.json", "*.txt"])))
-    except Exception:
-        pass
-    try:
-        import comfy  # type: ignore
-        cands.append(Path(comfy.__file__).parent / "sd1_tokenizer")
-    except Exception:
-        pass
-    for c in cands:
-        if (c / "vocab.json").is_file() and (c / "merges.txt").is_file():
-            kw = {"pad_token": pad_token} if pad_token else {}
-            return CLIPTokenizer.from_pretrained(str(c), local_files_only=True, **kw)
-    raise FileNotFoundError(
-        "The CLIP tokenizer files (vocab.json, merges.txt) were not found offline: run "
-        "`python -m rewardloop download clip-vit-large-patch14` once, or load a diffusers folder instead.")
+    """The CLIP BPE tokenizer from files already on this machine, cut at 77 tokens (``weights/clip_tokenizer.py``)."""
+    from ..weights.clip_tokenizer import find_clip_tokenizer as find
+    return find(pad_token)
 
 
 def load_base(base: str | os.PathLike, dtype=None, device=None, config: str | os.PathLike | None = None) -> SDComponents:

@@ -40,6 +40,9 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
 
 
 def _trainable_named(components: SDComponents) -> dict[str, torch.nn.Parameter]:
+    from . import full_finetune
+    if full_finetune.is_full(components):
+        return full_finetune.trainable_named(components)
     out = {}
     for prefix, m in (("unet.", components.unet), ("te.", components.text_encoder), ("te2.", components.text_encoder_2)):
         if m is None:

@@ -12,6 +12,8 @@ Terms, each weighted by its own flag (0 turns it off):
                    SGD lr 0.01. Checkpointed with the run (the released code does not).
 * ``dino``         decode x̂0 through the VAE, DINO ViT CLS features, λ·γ^{t_i}·(1 − cos) to the features of the
                    reference image the sample came from; differentiable end to end.
+* rewards          any scorer (and DINO similarity) through a learned critic Q(x̂0, t, x0): see
+                   :mod:`.reward_critic`; on beside any mode when ``reward=`` names rewards.
 
 Per-sample γ^t for batches > 1 (the released code indexes ``timesteps[0]``).
 """
@@ -19,150 +21,34 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import lora as L
+from . import reward_critic as RC
 from . import run_folder
+from .dpg_objective import (CRITIC_LR, GAMMA, LOSS_MODES, Critic, DINOFeatures, DPGWeights,  # noqa: F401
+                            critic_regression, discount, effective_weight, instance_loss, prior_loss,
+                            x0_from_eps)
 
 log = logging.getLogger("rewardloop")
-
-GAMMA = 0.9986          # the released code's discount; the authors' own comment and ablation favour 1.0
-CRITIC_LR = 0.01
-LOSS_MODES = ("dreambooth", "look_forward", "critic", "dino", "look_forward+dino", "critic+dino", "custom")
-
-
-# ====================================================================== formulas
-def discount(t: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """γ^t per sample (fp32)."""
-    return torch.pow(torch.tensor(float(gamma), dtype=torch.float64), t.double().cpu()).float().to(t.device)
-
-
-def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """One-step look-forward x̂0 = (x_t − sqrt(1−ᾱ)·ε̂)/sqrt(ᾱ), computed in fp32."""
-    a = alpha_bar.float()
-    while a.dim() < x_t.dim():
-        a = a.view(*a.shape, *([1] * (x_t.dim() - a.dim())))
-    return (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
-
-
-def effective_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """w(t) = γ^t·(1−ᾱ_t)/ᾱ_t: the look-forward loss as a reweighted ε-MSE (paper notes §1.2 table)."""
-    a = alphas_cumprod.double()[t.long().cpu()]
-    return (discount(t.cpu(), gamma).double() * (1 - a) / a).float()
-
-
-# ====================================================================== critic
-class Critic(torch.nn.Module):
-    """The paper's FullyConvRegressionModel with the flatten sized from the latent (C×H×W error map → scalar)."""
-
-    def __init__(self, channels: int = 4, height: int = 64, width: int = 64, hidden: int = 64):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(channels, 1, 3, padding=1)
-        self.fc1 = torch.nn.Linear(height * width, hidden)
-        self.fc2 = torch.nn.Linear(hidden, 1)
-        self.shape = (channels, height, width)
-        with torch.no_grad():  # non-negative uniform init, as released: Q starts ≈ weighted mean of E
-            for m, hi in ((self.conv, 1 / 9), (self.fc1, 1 / (height * width)), (self.fc2, 1 / hidden)):
-                m.weight.uniform_(0, hi)
-                m.bias.uniform_(0, hi)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.conv(e.float()), 0.01).flatten(1)
-        return self.fc2(F.relu(self.fc1(h))).squeeze(1)
-
-
-# ====================================================================== objective
-@dataclass
-class DPGWeights:
-    dreambooth: float = 1.0      # instance noise-MSE
-    prior: float = 1.0           # prior preservation (only when class images are given)
-    look_forward: float = 0.0
-    critic: float = 0.0
-    dino: float = 0.0            # λ
-    gamma: float = GAMMA
-    critic_lr: float = CRITIC_LR
-
-    @classmethod
-    def for_mode(cls, mode: str, **overrides) -> "DPGWeights":
-        """Preset weights per loss mode (the released LF recipe drops the instance ε-MSE)."""
-        table = {
-            "dreambooth": dict(dreambooth=1.0),
-            "look_forward": dict(dreambooth=0.0, look_forward=1.0),
-            "critic": dict(dreambooth=0.0, critic=1.0),
-            "dino": dict(dreambooth=1.0, dino=1.0),
-            "look_forward+dino": dict(dreambooth=0.0, look_forward=1.0, dino=1.0),
-            "critic+dino": dict(dreambooth=0.0, critic=1.0, dino=1.0),
-            "custom": {},
-        }
-        if mode not in table:
-            raise ValueError(f"Unknown loss mode {mode!r}: choose one of {', '.join(LOSS_MODES)}.")
-        w = cls(**table[mode])
-        return replace(w, **{k: v for k, v in overrides.items() if v is not None})
-
-    def validate(self) -> None:
-        for k in ("dreambooth", "prior", "look_forward", "critic", "dino", "gamma", "critic_lr"):
-            if not math.isfinite(float(getattr(self, k))):
-                raise ValueError(f"Loss weight {k} must be a finite number (got {getattr(self, k)}).")
-        for k in ("dreambooth", "prior", "look_forward", "critic", "dino"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"Loss weight {k} must be >= 0 (got {getattr(self, k)}).")
-        if self.dreambooth + self.look_forward + self.critic + self.dino <= 0:
-            raise ValueError("All instance loss weights are 0: turn on dreambooth, look_forward, critic or dino.")
-        if not (0 < self.gamma <= 1):
-            raise ValueError(f"gamma must be in (0, 1] (got {self.gamma}).")
-
-
-class DINOFeatures:
-    """Differentiable DINO CLS features of images in [-1,1] (resize + ImageNet normalisation inside the graph)."""
-
-    def __init__(self, name: str = "dino-vits16", device=None):
-        from ..weights.loaders import load_dino
-        self.handle = load_dino(name, dtype="fp32", device=device)
-        self.model = self.handle.model
-        if any(p.is_inference() for p in self.model.parameters()):
-            # loaded (and cached) under ComfyUI's inference_mode: a private copy with ordinary tensors
-            import copy
-            with torch.inference_mode(False):
-                model = copy.deepcopy(self.model)
-            L.normalize_inference_tensors(model)
-            self.model = model
-        self.model.requires_grad_(False)
-        proc = self.handle.processor
-        size = getattr(proc, "size", None) or {"height": 224, "width": 224}
-        if "height" in size:
-            self.size = (int(size["height"]), int(size["width"]))
-        else:
-            s = int(size.get("shortest_edge", 224))
-            self.size = (s, s)
-        mean = getattr(proc, "image_mean", None) or [0.485, 0.456, 0.406]
-        std = getattr(proc, "image_std", None) or [0.229, 0.224, 0.225]
-        dev = next(self.model.parameters()).device
-        self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = ((images.float() + 1) / 2).clamp(0, 1).to(self.mean.device)
-        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)
-        x = (x - self.mean) / self.std
-        out = self.model(pixel_values=x)
-        return out.last_hidden_state[:, 0].float()
 
 
 class DPGObjective:
     """The DPG objective (see module docstring). Carries the critic; its state is checkpointed with the run."""
 
     def __init__(self, weights: DPGWeights | None = None, dino_model: str = "dino-vits16",
-                 vae_checkpointing: bool = False):
+                 vae_checkpointing: bool = False, reward: RC.RewardCriticConfig | None = None,
+                 reward_sources: list | None = None):
         self.w = weights or DPGWeights()
         self.w.validate()
+        self.reward = RC.RewardCriticTerm(replace(reward, gamma=self.w.gamma if reward.gamma is None else reward.gamma),
+                                          reward_sources) if reward is not None else None
         self.dino_model = dino_model
         self.vae_checkpointing = vae_checkpointing
         self.critic: Critic | None = None
@@ -175,6 +61,8 @@ class DPGObjective:
     @property
     def name(self) -> str:
         on = [k for k in ("dreambooth", "look_forward", "critic", "dino") if getattr(self.w, k) > 0]
+        if self.reward is not None:
+            on.append(f"reward({','.join(s.label for s in self.reward.cfg.rewards)})")
         return "dpg:" + "+".join(on)
 
     @property
@@ -183,7 +71,12 @@ class DPGObjective:
 
     def settings(self) -> dict:
         """What a resumed run must share (see ``loop.run_settings``)."""
-        return {"weights": asdict(self.w), "dino_model": self.dino_model if self.w.dino > 0 else None}
+        out = {"weights": asdict(self.w), "dino_model": self.dino_model if self.w.dino > 0 else None}
+        if self.reward is not None:
+            out["reward"] = self.reward.settings()
+            if any(s.name == RC.DINO for s in self.reward.cfg.rewards):
+                out["dino_model"] = self.dino_model
+        return out
 
     # -------------------------------------------------------------- setup (called by the core before step 1)
     def setup(self, trainer: L.Trainer) -> None:
@@ -199,86 +92,111 @@ class DPGObjective:
             self.critic_opt = torch.optim.SGD(self.critic.parameters(), lr=float(self.w.critic_lr))
             if self._pending_state is not None:
                 self.load_state_dict(self._pending_state)
-        if self.w.dino > 0 and self.dino is None:
+        dino_reward = self.reward is not None and any(s.name == RC.DINO for s in self.reward.cfg.rewards)
+        if (self.w.dino > 0 or dino_reward) and self.dino is None:
             self.dino = DINOFeatures(self.dino_model, device=trainer.device)
             with torch.no_grad():
                 self.ref_feats = self.dino(trainer.ref_pixels.to(trainer.device))
-            if self.vae_checkpointing and hasattr(c.vae, "enable_gradient_checkpointing"):
+            if self.w.dino > 0 and self.vae_checkpointing and hasattr(c.vae, "enable_gradient_checkpointing"):
                 c.vae.enable_gradient_checkpointing()
+        if self.reward is not None:
+            if self.reward.sources is None:
+                self.reward.sources = RC.build_sources(self.reward.cfg.rewards, device=trainer.device)
+            for src in self.reward.sources:
+                if isinstance(src, RC.DinoSource):
+                    src.features, src.ref_feats = self.dino, self.ref_feats
+            self.reward.setup(ch, trainer.device, int(trainer.cfg.seed))
 
     # -------------------------------------------------------------- the actor loss
     def __call__(self, trainer: L.Trainer, batch: L.Batch):
         out = trainer.predict(batch)
-        w = self.w
         inst, prior = batch.instance, batch.is_prior
         per = ((out["pred"].float() - out["target"].float()) ** 2).flatten(1).mean(1)
-        metrics: dict[str, float] = {}
-        loss = out["pred"].new_zeros((), dtype=torch.float32)
-        mse = per[inst].mean()
-        metrics["mse"] = float(mse.detach())
-        if w.dreambooth > 0:
-            loss = loss + w.dreambooth * mse
-        if prior.any() and w.prior > 0:
-            lp = per[prior].mean()
-            loss = loss + w.prior * lp
-            metrics["prior"] = float(lp.detach())
-        if w.look_forward > 0 or w.critic > 0 or w.dino > 0:
+        x0_hat = x0 = t = None
+        if self.w.look_forward > 0 or self.w.critic > 0 or self.w.dino > 0 or self.reward is not None:
             eps = trainer.eps_from_pred(out)
             x0_hat = x0_from_eps(out["noisy"][inst], eps[inst], out["alpha_bar"][inst])
-            err = (x0_hat - out["x0"][inst].float()) ** 2
-            g = discount(out["t"][inst], w.gamma)
-            lf = (g * err.flatten(1).mean(1)).mean()
-            metrics["look_forward"] = float(lf.detach())
-            if w.look_forward > 0:
-                loss = loss + w.look_forward * lf
-            if w.critic > 0:
-                self.critic.requires_grad_(False)
-                q = self.critic(err)
-                lq = (g * q).mean()
-                loss = loss + w.critic * lq
-                metrics["critic_q"] = float(lq.detach())
-                self._pending = err.detach()
-            if w.dino > 0:
-                img = trainer.decode(x0_hat)
-                feats = self.dino(img)
-                ref = self.ref_feats[batch.ref_index[inst].to(self.ref_feats.device)]
-                dist = 1 - F.cosine_similarity(feats, ref, dim=-1)
-                ld = (g.to(dist.device) * dist).mean()
-                loss = loss + w.dino * ld.to(loss.device)
-                metrics["dino_dist"] = float(dist.mean().detach())
+            x0, t = out["x0"][inst], out["t"][inst]
+        ref = self.ref_feats[batch.ref_index[inst].to(self.ref_feats.device)] if self.w.dino > 0 else None
+        terms = instance_loss(self.w, per[inst], x0_hat, x0, t, critic=self.critic,
+                              decode=trainer.decode if self.w.dino > 0 else None,
+                              dino=self.dino, ref_feats=ref)
+        self._pending = terms.critic_input
+        loss, metrics = terms.loss, dict(terms.metrics)
+        if prior.any() and self.w.prior > 0:
+            pt = prior_loss(self.w, per[prior])
+            loss = loss + pt.loss
+            metrics.update(pt.metrics)
+        if self.reward is not None:   # any reward through the learned critic (trainers/reward_critic.py)
+            lr_, m = self.reward.actor(x0_hat, t, discount(t, self.w.gamma), ref=x0)
+            loss = loss + lr_.to(loss.device)
+            metrics.update(m)
+            if self.reward.wants_rewards(trainer.step):
+                self._stash_rewards(trainer, batch, out, eps, x0_hat)
         return loss, metrics
+
+    def _stash_rewards(self, trainer: L.Trainer, batch: L.Batch, out: dict, eps: torch.Tensor,
+                       x0_hat: torch.Tensor) -> None:
+        """Keep this step's reference samples for scoring after the optimizer step (and, for the td target, a
+        way to their next state on the deterministic denoising chain)."""
+        inst = batch.instance
+        idx = batch.ref_index[inst]
+        prompts = getattr(trainer, "ref_prompts", None) or []
+        prompts = [prompts[i] if i < len(prompts) else "" for i in idx.tolist()]
+        t = out["t"][inst]
+        nxt = None
+        if self.reward.cfg.target == "td":
+            sub = L.Batch(latents=batch.latents[inst], cond=batch.cond[inst].detach(), is_prior=batch.is_prior[inst],
+                          ref_index=idx, added_cond=None if batch.added_cond is None else
+                          {k: v[inst].detach() for k, v in batch.added_cond.items()})
+            x0d, epsd, hop = x0_hat.detach(), eps[inst].detach().float(), int(self.reward.cfg.td_hop)
+
+            def nxt():
+                t2 = (t - hop).clamp(min=0)
+                a2 = trainer.alphas_cumprod[t2].view(-1, 1, 1, 1)
+                x_next = a2.sqrt() * x0d + (1 - a2).sqrt() * epsd
+                with torch.no_grad():
+                    pred = trainer.unet(x_next, t2, sub).float()
+                e2 = trainer.eps_from_pred({"pred": pred, "alpha_bar": a2, "noisy": x_next})
+                return x0_from_eps(x_next, e2, a2), torch.where(t - hop >= 0, t2.float(), torch.full_like(t2, -1.0,
+                                                                                               dtype=torch.float32))
+        self.reward.stash(x0_hat, t, out["x0"][inst], prompts, idx, nxt)
 
     # -------------------------------------------------------------- critic regression after the actor step
     def after_step(self, trainer: L.Trainer, batch: L.Batch) -> dict[str, float]:
+        out = {}
+        if self.reward is not None:
+            acc = trainer.accelerator
+            multi = acc.num_processes > 1
+            with torch.no_grad():
+                out = self.reward.update(trainer.decode, trainer.device, gather=acc.gather if multi else None,
+                                         reduce_grads=(lambda g: acc.reduce(g, reduction="mean")) if multi else None)
+        return {**out, **self._critic_step(trainer)}
+
+    def _critic_step(self, trainer: L.Trainer) -> dict[str, float]:
         if self.critic is None or self._pending is None:
             return {}
-        e = self._pending
-        self._pending = None
-        self.critic.requires_grad_(True)
-        with torch.enable_grad():
-            q = self.critic(e)
-            target = e.flatten(1).mean(1)
-            lc = ((q - target) ** 2).mean()
-            self.critic_opt.zero_grad(set_to_none=True)
-            lc.backward()
-            acc = trainer.accelerator
-            if acc.num_processes > 1:  # one critic for all processes
-                for p in self.critic.parameters():
-                    p.grad = acc.reduce(p.grad, reduction="mean")
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
-            self.critic_opt.step()
-        self.critic.requires_grad_(False)
-        return {"critic_loss": float(lc.detach())}
+        e, self._pending = self._pending, None
+        acc = trainer.accelerator
+        reduce = (lambda g: acc.reduce(g, reduction="mean")) if acc.num_processes > 1 else None
+        return {"critic_loss": critic_regression(self.critic, self.critic_opt, e, reduce)}
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        if self.critic is None:
-            return {}
-        return {"critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
-                "critic_opt": self.critic_opt.state_dict()}
+        sd = {}
+        if self.critic is not None:
+            sd = {"critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
+                  "critic_opt": self.critic_opt.state_dict()}
+        if self.reward is not None and self.reward.critic is not None:
+            sd["reward"] = self.reward.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         if not sd:
+            return
+        if self.reward is not None and "reward" in sd:
+            self.reward.load_state_dict(sd["reward"])   # before its setup: applied there
+        if "critic" not in sd:
             return
         if self.critic is None:  # restored before setup: apply then
             self._pending_state = sd
@@ -349,6 +267,9 @@ class Preset:
     batch_size: int
     vae_checkpointing: bool
     note: str = ""
+    full: bool = False           # full fine-tuning (no LoRA): every UNet (+ text-encoder) weight
+    lr: float | None = None      # the preset's own learning rate / steps, when the caller gives none
+    steps: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -360,7 +281,13 @@ PRESETS: dict[str, Preset] = {
     "24GB": Preset("24GB", "bf16", "bf16", False, True, 16, True, 2, False,
                    "bf16, no checkpointing (faster), cached latents, rank 16, UNet + text-encoder LoRA, batch 2."),
     "cpu": Preset("cpu", "no", "fp32", False, True, 4, False, 1, False, "fp32 on the CPU (tests, tiny models)."),
+    "paper": Preset("paper", "no", "fp32", False, True, 0, True, 1, False,
+                    "The DPG paper's recipe: full fine-tuning of the UNet and text encoder in fp32, AdamW lr 1e-6, "
+                    "1000 steps, batch 1 + 1 class image, γ = 0.9986; exports a checkpoint to models/checkpoints. "
+                    "About 16 GB of weights, gradients and AdamW states for SD 1.x before activations: 24 GB+ cards.",
+                    full=True, lr=1e-6, steps=1000),
 }
+FULL_LR_LIMIT = 1e-5  # a LoRA learning rate on every weight of the model wrecks it
 
 
 def resolve_preset(name: str | None, device: torch.device) -> Preset:
@@ -381,8 +308,8 @@ def resolve_preset(name: str | None, device: torch.device) -> Preset:
 
 @dataclass
 class PersonalizeResult:
-    lora_file: Path
-    lora_name: str
+    lora_file: Path              # the LoRA in models/loras (the paper preset: the checkpoint in models/checkpoints)
+    lora_name: str               # its name inside that folder
     samples: list[Image.Image]
     sample_files: list[Path]
     loss_plot: Path | None
@@ -401,29 +328,35 @@ def run_dir_for(name: str) -> Path:
 
 def personalize(base: str, references: list[Image.Image], trigger: str, class_prompt: str,
                 instance_prompt: str | None = None, out_name: str = "dpg_lora", overwrite: bool = False,
-                mode: str = "look_forward", weights: DPGWeights | None = None, steps: int = 500, lr: float = 1e-4,
+                mode: str = "look_forward", weights: DPGWeights | None = None, steps: int | None = None,
+                lr: float | None = None,
                 rank: int | None = None, resolution: int = 512, seed: int = 0, preset: str | None = "auto",
                 num_class_images: int = 8, sample_prompts: tuple[str, ...] | None = None, sample_every: int = 0,
                 save_every: int = 100, resume: bool = True, run_dir: Path | None = None, progress=None,
                 dino_model: str = "dino-vits16", center_crop: bool = True, device=None, config=None,
-                train_overrides: dict | None = None, sample_steps: int = 20) -> PersonalizeResult:
+                train_overrides: dict | None = None, sample_steps: int = 20,
+                reward: RC.RewardCriticConfig | None = None, reward_models: dict | None = None) -> PersonalizeResult:
     """Reference photos → a personalized LoRA in ``loras`` (the node's and the CLI's entry point).
 
     Everything is checked before a model is loaded: the inputs, the output name, the model names and the run
     folder (its lock and, when resuming, its settings). ``overwrite`` replaces an existing LoRA of that name and
     starts the run afresh; ``resume`` (default) continues an interrupted run of the same name and settings.
+    ``steps`` / ``lr`` default to the preset's (the ``paper`` preset: 1000, 1e-6, full fine-tuning exported to
+    ``checkpoints``), else 500 / 1e-4. ``reward``: rewards through the learned critic (:mod:`.reward_critic`);
+    its scorers load (``reward_models`` as ROLE → model) before the base model.
     Leaves ``torch.inference_mode`` (ComfyUI runs nodes inside it) for loading, training and export.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _personalize(**{k: v for k, v in locals().items()})
 
 
-def _check_model_names(base, config, weights: DPGWeights, dino_model: str) -> Path:
+def _check_model_names(base, config, weights: DPGWeights, dino_model: str,
+                       reward: RC.RewardCriticConfig | None = None) -> Path:
     """Resolve every model the run will load (no loading): the base's path, or one line saying what is missing."""
     base_path = L.check_base(base)
     if config and not (L.CONFIG_DIR / str(config) / "model_index.json").is_file():
         L._resolve_base(config)
-    if weights.dino > 0:
+    if weights.dino > 0 or (reward is not None and any(s.name == RC.DINO for s in reward.rewards)):
         from ..weights.registry import resolve
         resolve(dino_model, folder="dino")
     return base_path
@@ -432,35 +365,42 @@ def _check_model_names(base, config, weights: DPGWeights, dino_model: str) -> Pa
 def _personalize(base, references, trigger, class_prompt, instance_prompt, out_name, overwrite, mode, weights, steps,
                  lr, rank, resolution, seed, preset, num_class_images, sample_prompts, sample_every, save_every,
                  resume, run_dir, progress, dino_model, center_crop, device, config, train_overrides,
-                 sample_steps) -> PersonalizeResult:
+                 sample_steps, reward, reward_models) -> PersonalizeResult:
     refs = list(references or [])
     if not refs:
         raise ValueError("No reference images were given: connect at least one photo of the subject.")
-    if not trigger or not trigger.strip() or " " in trigger.strip():
-        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
-    trigger = trigger.strip()
-    if not class_prompt or not class_prompt.strip():
-        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
-    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
-    if trigger not in instance_prompt.split():
-        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    trigger, instance_prompt = check_prompts(trigger, class_prompt, instance_prompt)
     for what, value, low in (("num_class_images", num_class_images, 0), ("sample_every", sample_every, 0),
                              ("save_every", save_every, 0), ("sample_steps", sample_steps, 1)):
         if int(value) < low:
             raise ValueError(f"{what} must be >= {low} (got {value}).")
     if rank is not None and int(rank) < 1:
         raise ValueError(f"LoRA rank must be >= 1 (got {rank}).")
+    if preset not in (None, "", "auto") and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}: choose one of auto, {', '.join(PRESETS)}.")
+    full = preset == "paper"
     # fail now, not after training: the output name must be valid and free
-    lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
+    out_folder = bridge.model_output_dir("checkpoints") if full else bridge.loras_dir()
+    lora_target = safe_output_path(out_folder, out_name, ".safetensors", overwrite)
     weights = weights or DPGWeights.for_mode(mode)
     weights.validate()
+    if full:
+        steps, lr = steps or PRESETS["paper"].steps, lr or PRESETS["paper"].lr
+        if float(lr) > FULL_LR_LIMIT:
+            raise ValueError(f"The paper preset fine-tunes every weight of the model: use a learning rate <= "
+                             f"{FULL_LR_LIMIT:g} (the paper's is 1e-6), not {lr:g}.")
+        from .full_finetune import check_base_family
+        check_base_family(base, config)
+    steps, lr = int(steps or 500), float(lr or 1e-4)
+    if reward is not None:
+        reward.validate()
     from accelerate import PartialState
     import os
     cpu = str(device or os.environ.get("REWARDLOOP_DEVICE", "")).startswith("cpu") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)  # under `accelerate launch`/torchrun: one process per GPU (or CPU worker)
     dev = torch.device(device) if device else (state.device if state.num_processes > 1 else bridge.get_device())
     pre = resolve_preset(preset, dev)
-    lcfg = L.LoraConfig(rank=int(rank or pre.rank), train_text_encoder=pre.train_text_encoder)
+    lcfg = L.LoraConfig(rank=int(rank or pre.rank or 1), train_text_encoder=pre.train_text_encoder, full=pre.full)
     samples = tuple(sample_prompts) if sample_prompts is not None else (
         instance_prompt, f"{instance_prompt} on the beach")
     tcfg = L.TrainConfig(steps=int(steps), lr=float(lr), batch_size=pre.batch_size,
@@ -472,8 +412,10 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
         tcfg = replace(tcfg, **train_overrides)
     tcfg.validate()
     lcfg.validate()
-    base_path = _check_model_names(base, config, weights, dino_model)
-    objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing)
+    base_path = _check_model_names(base, config, weights, dino_model, reward)
+    reward_sources = RC.build_sources(reward.rewards, models=reward_models, device=device) if reward else None
+    objective = DPGObjective(weights, dino_model=dino_model, vae_checkpointing=pre.vae_checkpointing, reward=reward,
+                             reward_sources=reward_sources)
     dataset = [(img, instance_prompt) for img in refs]
     run_dir = Path(run_dir) if run_dir else run_dir_for(out_name)
     resume = bool(resume) and not overwrite          # overwrite: a fresh run, never the finished checkpoint
@@ -501,16 +443,36 @@ def _personalize(base, references, trigger, class_prompt, instance_prompt, out_n
                 "steps": str(result.steps_done), "objective": objective.name, "weights": asdict(weights),
                 "resolution": str(resolution), "seed": str(seed), "preset": pre.name, "lr": str(lr),
                 "ss_output_name": Path(out_name).name, "ss_steps": str(result.steps_done)}
+        if reward is not None:
+            meta["rewards"] = json.dumps({s.label: s.weight for s in reward.rewards})
+            meta["critic"] = json.dumps({"target": reward.target, "every": reward.every})
         if not state.is_main_process:  # rank 0 exports and samples; the others return its file name
             state.wait_for_everyone()
             return PersonalizeResult(lora_file=lora_target, lora_name=Path(out_name).name, samples=[], sample_files=[],
                                      loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
-        lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
+        if pre.full:
+            from .full_finetune import export_checkpoint
+            lora_file = export_checkpoint(comps, out_folder, out_name, meta, overwrite=overwrite)
+        else:
+            lora_file = L.export_lora(comps, lora_target, meta, overwrite=overwrite)
         imgs, files = L.save_samples(comps, samples, seed, sample_steps, 7.5, resolution, run_dir / "samples", "final")
-        rel = lora_file.relative_to(Path(bridge.loras_dir()).resolve()).as_posix()
+        rel = lora_file.relative_to(Path(out_folder).resolve()).as_posix()
         state.wait_for_everyone()
         return PersonalizeResult(lora_file=lora_file, lora_name=rel, samples=imgs, sample_files=files,
                                  loss_plot=result.loss_plot_png, train=result, run_dir=run_dir)
+
+
+def check_prompts(trigger: str, class_prompt: str, instance_prompt: str | None) -> tuple[str, str]:
+    """(trigger, instance prompt) after the checks both DPG back-ends make before any model work."""
+    if not trigger or not trigger.strip() or " " in trigger.strip():
+        raise ValueError(f"Trigger word {trigger!r} must be one word (e.g. 'sks'), used in the instance prompt.")
+    trigger = trigger.strip()
+    if not class_prompt or not class_prompt.strip():
+        raise ValueError("The class prompt is empty: give the subject's class, e.g. 'a photo of a dog'.")
+    instance_prompt = (instance_prompt or "").strip() or _instance_from_class(class_prompt, trigger)
+    if trigger not in instance_prompt.split():
+        raise ValueError(f"The instance prompt {instance_prompt!r} must contain the trigger word {trigger!r}.")
+    return trigger, instance_prompt
 
 
 def _instance_from_class(class_prompt: str, trigger: str) -> str:

@@ -314,7 +314,10 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
     rank = accelerator.process_index  # under `accelerate launch` each process draws its own noise / timesteps
     generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * rank)
 
-    if not any(True for _ in _lora_modules(components.unet)):
+    if lora_cfg.full:
+        from . import full_finetune
+        full_finetune.enable(components, lora_cfg.train_text_encoder)
+    elif not any(True for _ in _lora_modules(components.unet)):
         torch.manual_seed(seed)
         add_lora(components, lora_cfg)
     params = trainable_parameters(components)
@@ -339,6 +342,7 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
     ref_pixels = _build_pixels(items, res, train_cfg.center_crop)
     cls_pixels = _build_pixels(class_items, res, train_cfg.center_crop) if class_items else None
     trainer.ref_pixels, trainer.class_pixels = ref_pixels, cls_pixels
+    trainer.ref_prompts = [p for _, p in items]
     ref_params = encode_images(components, ref_pixels) if train_cfg.cache_latents else None
     cls_params = encode_images(components, cls_pixels) if (train_cfg.cache_latents and cls_pixels is not None) else None
     prompts = [p for _, p in items]
@@ -401,6 +405,7 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
     log_csv = run_dir / "log.csv"
     if ck is not None:
         start_step = load_checkpoint(ck, components, optimizer, lr_sched, generator, objective)
+        trainer.step = start_step   # objectives that act every K steps count from here
         rank_rng = ck.parent / f"rng_rank{rank}_step_{start_step:07d}.pt"
         if rank > 0 and rank_rng.is_file():
             generator.set_state(torch.load(rank_rng, weights_only=True))
@@ -508,14 +513,15 @@ def _train_claimed(run, components, items, class_items, objective, lora_cfg, tra
         _save_rank_rng(run_dir, step, generator, rank)
     if train_cfg.eval_seed is not None:
         metrics_out["eval_loss_end"] = fixed_eval()
-    state = lora_state_dict(components)
+    state = {} if lora_cfg.full else lora_state_dict(components)   # full fine-tuning: the caller exports the model
     lora_path = None
     plot = None
     if accelerator.is_main_process:
-        from safetensors.torch import save_file
-        meta = lora_metadata(components, {"steps": str(step), "objective": getattr(objective, "name", "")})
-        check_finite(state, f"the LoRA of {run_dir.name}")
-        lora_path = atomic_save(run_dir / "lora.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
+        if state:
+            from safetensors.torch import save_file
+            meta = lora_metadata(components, {"steps": str(step), "objective": getattr(objective, "name", "")})
+            check_finite(state, f"the LoRA of {run_dir.name}")
+            lora_path = atomic_save(run_dir / "lora.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
         plot = plot_loss(log_csv, run_dir / "loss.png")
     accelerator.wait_for_everyone()
     return TrainResult(lora_path=lora_path, state=state, steps_done=step, log_csv=log_csv, loss_plot_png=plot,

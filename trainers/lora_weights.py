@@ -24,12 +24,15 @@ class LoraConfig:
     train_text_encoder: bool = False
     text_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     dropout: float = 0.0
+    full: bool = False                  # no LoRA: train every UNet (+ text-encoder) weight (trainers/full_finetune.py)
 
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
 
     def validate(self) -> None:
+        if self.full:
+            return
         if int(self.rank) < 1:
             raise ValueError(f"LoRA rank must be >= 1 (got {self.rank}).")
         if not self.targets:
@@ -65,6 +68,9 @@ def _check_targets(model, targets, what) -> None:
 
 
 def trainable_parameters(components: SDComponents) -> list[torch.nn.Parameter]:
+    from . import full_finetune
+    if full_finetune.is_full(components):
+        return list(full_finetune.trainable_named(components).values())
     out = []
     for m in (components.unet, components.text_encoder, components.text_encoder_2):
         if m is None:

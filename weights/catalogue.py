@@ -49,6 +49,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               repo_id="openai/clip-vit-large-patch14", revision="main", files=_HF_TEXT, license="MIT",
               size_mb=1710, note="caption similarity (paper: HPS-v1 weights on this tower) and segment labels",
               profiles=("paper", "full")),
+    ModelSpec("clip-l-tokenizer", "tokenizer", "clip", "clip-l-tokenizer", repo_id="openai/clip-vit-large-patch14",
+              revision="main", files=("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
+              license="MIT", size_mb=2, note="only the CLIP tokenizer files, for training on single-file SD1.x/SDXL "
+              "checkpoints when no host copy is found (ComfyUI and Forge ship one)", profiles=("train", "train-xl")),
     ModelSpec("clip-vit-base-patch32", "clip", "clip", "clip-vit-base-patch32",
               repo_id="openai/clip-vit-base-patch32", revision="main", files=_HF_TEXT, license="MIT", size_mb=605,
               note="CLIP-I / CLIP-T of the personalization evaluation (the CLIP commonly used on DreamBench)",
@@ -110,6 +114,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
     ModelSpec("tiny-rahf", "rich_feedback", "rich_feedback", "tiny-rahf", source="tiny", license="test only"),
     ModelSpec("tiny-sd-single", "sd", "checkpoints", "tiny_sd_single.safetensors", layout="file", source="tiny",
               license="test only", note="tiny-sd as one original-layout (LDM) checkpoint"),
+    ModelSpec("tiny-sd15-single", "sd", "checkpoints", "tiny_sd15_single.safetensors", layout="file",
+              source="tiny", license="test only", size_mb=420,
+              note="SD1.5-format single file (LDM keys, full CLIP-L and KL VAE, shallow UNet at SD1.5 widths) that "
+                   "ComfyUI and Forge detect as SD1.5 and the trainers load offline"),
 )
 
 PROFILES = {

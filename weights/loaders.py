@@ -20,6 +20,7 @@ import torch
 
 from .. import bridge
 from .cache import cached
+from .hf_compat import diffusers_dtype, transformers_dtype
 from .registry import Resolved, resolve
 from .safe_load import load_state_dict
 
@@ -56,7 +57,7 @@ def _dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
 def _hf_kwargs(dtype: torch.dtype) -> dict:
     if os.environ.get("REWARDLOOP_VERBOSE_LOADS") != "1":
         quiet_transformers()
-    return {"local_files_only": True, "dtype": dtype}
+    return {"local_files_only": True, **transformers_dtype(dtype)}
 
 
 def _place(model, device: torch.device):
@@ -165,7 +166,7 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     log.info("Converting %s to a transformers folder (once) at %s", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
-                                             dtype=torch.float32)
+                                             **transformers_dtype(torch.float32))
     cfg = m.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -328,7 +329,7 @@ def load_sd_pipeline(name: str, dtype=None, device=None) -> ModelHandle:
             pipe = load_base(r.path, dtype=dtype, device=device).pipeline()
             return ModelHandle("sd", str(name), r.path, pipe, None, dtype, device)
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained(r.path, local_files_only=True, dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(r.path, local_files_only=True, **diffusers_dtype(dtype))
         pipe.set_progress_bar_config(disable=True)
         bridge.free_memory(sum(bridge.model_bytes(m) for m in pipe.components.values()
                                if isinstance(m, torch.nn.Module)), device)

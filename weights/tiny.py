@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from .catalogue import get_spec
+from .hf_compat import portable_hf_files
 
 WORDS = (
     "a an the of in on with and photo picture image painting drawing of cat dog person man woman child car tree "
@@ -58,7 +60,8 @@ def bpe_tokenizer(extra_special: tuple[str, ...] = (), vocab_size: int = 600):
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None)
+                                  unk_token="<unk>", additional_special_tokens=list(extra_special) or None,
+                                  model_input_names=["input_ids", "attention_mask"])  # like real LLM tokenizers
     return tok
 
 
@@ -74,7 +77,12 @@ def clip_tokenizer():
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # from files: the one constructor transformers 4.x (vocab_file, merges_file) and 5.x (vocab, merges) share
+    with tempfile.TemporaryDirectory() as tmp:
+        v, m = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        v.write_text(json.dumps(vocab))
+        m.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        return CLIPTokenizer(str(v), str(m), model_max_length=77)
 
 
 def bert_vocab_file(folder: Path, with_dec: bool = False) -> Path:
@@ -427,12 +435,57 @@ def build_sd_single(out_file: Path) -> Path:
     return out_file
 
 
+# ---------------------------------------------------------------- one SD1.5-format base for trainer and hosts
+# What every ComfyUI / Forge user has: one original-layout (LDM) .safetensors, no tokenizer or config beside it.
+# The hosts build the text encoder and the VAE from fixed SD1.5 configs, so those two are full size (CLIP-L text
+# tower: 12 layers, width 768; KL VAE: ch 128, mult 1,2,4,4); they recognise SD1.5 from the UNet's widths
+# (model_channels 320, context 768), so the UNet keeps those widths but has one level with one res block and one
+# transformer block. Weights are random (seeded) and stored in fp16: about 420 MB, built in seconds.
+SD15_CONFIG_NAME = "tiny-sd15"  # weights/configs/tiny-sd15: the diffusers config the trainers load it with
+
+
+def make_sd15_tiny_modules(seed: int = 12) -> dict:
+    """The UNet (shallow, SD1.5 widths), full-size KL VAE and CLIP-L text tower, as diffusers/transformers modules."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg_dir = Path(__file__).resolve().parent / "configs" / SD15_CONFIG_NAME
+    seed_all(seed)
+    unet = UNet2DConditionModel.from_config(json.loads((cfg_dir / "unet" / "config.json").read_text()))
+    vae = AutoencoderKL.from_config(json.loads((cfg_dir / "vae" / "config.json").read_text()))
+    te_cfg = {k: v for k, v in json.loads((cfg_dir / "text_encoder" / "config.json").read_text()).items()
+              if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+    te = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    # A trained CLIP's final layer norm has a bias; with the init's zero bias every token's features average to
+    # exactly zero, and Forge's prompt emphasis ("Original": z * mean(z) / mean(z * weights)) turns some prompts
+    # into 0 / 0 = NaN images. A seeded random bias, like a trained model's, keeps the mean away from zero.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        getattr(te, "text_model", te).final_layer_norm.bias.copy_(0.5 * torch.randn(te.config.hidden_size, generator=g) + 0.1)
+    return {"unet": unet, "vae": vae, "text_encoder": te}
+
+
+def build_sd15_single(out_file: Path) -> Path:
+    """``tiny-sd15-single``: the shallow SD1.5-format checkpoint that ComfyUI, Forge and the trainers all load."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+    m = make_sd15_tiny_modules()
+    sd = sd_to_ldm_state_dict(SimpleNamespace(**m))
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    save_file(sd, str(tmp), metadata={"rewardloop.diffusers_config": SD15_CONFIG_NAME, "format": "pt",
+                                      "rewardloop.note": "random weights, for tests only"})
+    tmp.replace(out_file)
+    return out_file
+
+
 # ---------------------------------------------------------------- all
 BUILDERS = {
     "tiny-blip": build_blip, "tiny-blip2": build_blip2, "tiny-clip": build_clip, "tiny-minilm": build_minilm,
     "tiny-llm": build_llm, "tiny-dino": build_dino, "tiny-vit": build_vit, "tiny-t5": build_t5,
     "tiny-sam": build_sam, "tiny-sd": build_sd, "tiny-rahf": lambda out: build_rahf(out),
-    "tiny-sd-single": build_sd_single,
+    "tiny-sd-single": build_sd_single, "tiny-sd15-single": build_sd15_single,
 }
 
 
@@ -452,6 +505,7 @@ def build(key: str, root: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     BUILDERS[key](out)
     if not spec.is_file:
+        portable_hf_files(out)  # loadable by every transformers version the pack supports
         (out / ".complete").write_text("ok")
     return out
 

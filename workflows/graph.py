@@ -6,9 +6,10 @@ A *spec* is what ComfyUI's ``/object_info`` returns for one node (``input``, ``i
 copy of a real ComfyUI's ``/object_info`` (``python -m rewardloop workflows core-nodes`` regenerates it).
 
 Two workflow formats:
-  * API format ``<use>.api.json``: ``{node_id: {"class_type": str, "inputs": {name: value | [src_id, out_idx]}}}``
+  * API format ``api/<use>.api.json``: ``{node_id: {"class_type": str, "inputs": {name: value | [src_id, out_idx]}}}``
     (what ``POST /prompt`` takes);
-  * UI (editor) format ``<use>.json``: ``{"nodes": [...], "links": [...], "version": 0.4, ...}``.
+  * UI (editor) format ``<use>.json`` (only these sit in ``workflows/``: ComfyUI's template browser lists every
+    ``custom_nodes/<pack>/workflows/*.json``, with ``<use>.jpg`` as its thumbnail): ``{"nodes": [...], "links": [...], "version": 0.4, ...}``.
 
 ``validate_api`` / ``validate_ui`` return a list of human-readable problems (empty = valid).
 """
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS_DIR = Path(__file__).resolve().parent
+WORKFLOWS_DIR = Path(__file__).resolve().parent   # UI workflows (+ .jpg thumbnails): ComfyUI's template browser
+API_DIR = WORKFLOWS_DIR / "api"                   # API-format sources and the tiny-model plan (not listed there)
 CORE_NODES_PATH = PACK_ROOT / "tests" / "data" / "core_nodes.json"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # editor-only nodes: they exist in UI files but never reach the server (no /object_info entry)
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a "control after generate" widget value after these
+SEED_NAMES = {"seed", "noise_seed"}
+EMPTY_WIDGET_VALUES = {"STRING": "", "INT": 0, "FLOAT": 0.0, "BOOLEAN": False}  # the frontend adds a "control after generate" widget value after these
 
 
 # ------------------------------------------------------------------ specs
@@ -227,8 +230,8 @@ def ui_widget_values(spec: dict, inputs: dict) -> list:
         if not is_widget(t, opts):
             continue
         v = inputs.get(name)
-        if v is None or _is_link(v):
-            v = opts.get("default", choices[0] if choices else None)
+        if v is None or _is_link(v):  # the frontend keeps a value even for a linked widget: the type's empty one
+            v = opts.get("default", choices[0] if choices else EMPTY_WIDGET_VALUES.get(t))
         vals.append(v)
         if widget_slots(name, t, opts) > 1:
             if t == "INT" and (opts.get("control_after_generate") or name in SEED_NAMES):
@@ -243,6 +246,8 @@ def api_from_ui(ui: dict, specs: dict[str, dict]) -> dict:
     links = {lk[0]: lk for lk in ui.get("links", [])}
     prompt = {}
     for node in ui.get("nodes", []):
+        if node["type"] in VIRTUAL_NODES:
+            continue
         spec = specs.get(node["type"])
         inputs: dict = {}
         if spec is not None:
@@ -361,8 +366,12 @@ def _node_height(spec: dict) -> int:
     return 46 + 22 * max(n_sock, len(spec["output"])) + 26 * n_wid + (260 if spec.get("output_node") else 0)
 
 
-def api_to_ui(prompt: dict, specs: dict[str, dict]) -> dict:
-    """API prompt → ComfyUI editor workflow (version 0.4), laid out left to right by graph depth."""
+def api_to_ui(prompt: dict, specs: dict[str, dict], layout: list[dict] | None = None) -> dict:
+    """API prompt → ComfyUI editor workflow (version 0.4), laid out left to right by graph depth.
+
+    ``layout`` (``api/layout.json``): groups ``[{"title", "nodes": [ids], "note"}]`` placed left to right, each with
+    a Note node on top; nodes of no group follow, by depth.
+    """
     errs = [e for e in validate_api(prompt, specs) if "no output node" not in e]
     if errs:
         raise ValueError("cannot convert an invalid workflow:\n  " + "\n  ".join(errs))
@@ -434,16 +443,70 @@ def api_to_ui(prompt: dict, specs: dict[str, dict]) -> dict:
         for out in n["outputs"]:
             if not out["links"]:
                 out["links"] = None
+    groups, notes = _apply_layout(layout or [], nodes, depth, max(ids.values(), default=0))
+    all_nodes = [nodes[k] for k in order] + notes
+    for i, n in enumerate(all_nodes):
+        n["order"] = i
     return {
-        "last_node_id": max(ids.values(), default=0), "last_link_id": lid,
-        "nodes": [nodes[k] for k in order], "links": links, "groups": [], "config": {},
+        "last_node_id": max([n["id"] for n in all_nodes], default=0), "last_link_id": lid,
+        "nodes": all_nodes, "links": links, "groups": groups, "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "rewardloop_generated_from": "api"},
         "version": 0.4,
     }
 
 
+GROUP_GAP, NOTE_CHARS = 120, 52
+
+
+def _note_height(text: str, width: int) -> int:
+    import textwrap
+    per_line = max(20, int(NOTE_CHARS * width / NODE_W))
+    lines = sum(len(textwrap.wrap(par, per_line)) or 1 for par in text.split("\n"))
+    return 40 + 18 * lines
+
+
+def _apply_layout(layout: list[dict], nodes: dict, depth: dict, last_id: int) -> tuple[list, list]:
+    """Move ``nodes`` (id → UI node) into titled groups left to right; returns (groups, Note nodes)."""
+    groups, notes = [], []
+    x = 40
+    placed: set[str] = set()
+    top = 80
+    for gi, g in enumerate(layout):
+        members = [k for k in g["nodes"] if k in nodes]
+        if not members:
+            raise ValueError(f"layout group {g.get('title')!r} names no node of the workflow")
+        cols = sorted({depth[k] for k in members})
+        width = len(cols) * (NODE_W + COL_GAP) - COL_GAP
+        note_h = _note_height(g.get("note", ""), width) if g.get("note") else 0
+        y_start = top + (note_h + ROW_GAP if note_h else 0)
+        col_y = {c: y_start for c in cols}
+        for k in sorted(members, key=lambda k: (depth[k], int(k) if k.isdigit() else 0)):
+            c = depth[k]
+            nodes[k]["pos"] = [x + cols.index(c) * (NODE_W + COL_GAP), col_y[c]]
+            col_y[c] += nodes[k]["size"][1] + ROW_GAP
+            placed.add(k)
+        if note_h:
+            last_id += 1
+            notes.append({"id": last_id, "type": "Note", "pos": [x, top], "size": [width, note_h], "flags": {},
+                          "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                          "widgets_values": [g["note"]], "color": "#432", "bgcolor": "#653"})
+        bottom = max(col_y.values()) - ROW_GAP
+        groups.append({"id": gi + 1, "title": g["title"], "bounding": [x - 20, top - 50, width + 40, bottom - top + 70],
+                       "color": "#3f789e", "font_size": 24, "flags": {}})
+        x += width + GROUP_GAP
+    rest = [k for k in nodes if k not in placed]
+    if layout and rest:
+        base = min(depth[k] for k in rest)
+        col_y: dict[int, int] = {}
+        for k in sorted(rest, key=lambda k: (depth[k], int(k) if k.isdigit() else 0)):
+            c = depth[k] - base
+            nodes[k]["pos"] = [x + c * (NODE_W + COL_GAP), col_y.get(c, top)]
+            col_y[c] = col_y.get(c, top) + nodes[k]["size"][1] + ROW_GAP
+    return groups, notes
+
+
 # ------------------------------------------------------------------ files
-def api_files(folder: str | Path = WORKFLOWS_DIR) -> list[Path]:
+def api_files(folder: str | Path = API_DIR) -> list[Path]:
     return sorted(Path(folder).glob("*.api.json"))
 
 

@@ -1,13 +1,13 @@
-"""Make an API workflow runnable on tiny random models (``workflows/tiny_models.json``), for integration tests."""
+"""Make an API workflow runnable on tiny random models (``workflows/api/tiny_models.json``), for integration tests."""
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
 
-from .graph import WORKFLOWS_DIR
+from .graph import API_DIR
 
-TINY_MODELS_PATH = WORKFLOWS_DIR / "tiny_models.json"
+TINY_MODELS_PATH = API_DIR / "tiny_models.json"
 
 
 def load_plan(path: str | Path = TINY_MODELS_PATH) -> dict:
@@ -21,7 +21,7 @@ def entry_for(name: str, plan: dict) -> tuple[bool, str]:
     """(runnable, reason) for workflow ``name`` (file stem without ``.api``)."""
     e = plan.get(name)
     if e is None:
-        return False, f"no entry for {name!r} in workflows/tiny_models.json"
+        return False, f"no entry for {name!r} in workflows/api/tiny_models.json"
     if not e.get("runnable", False):
         return False, e.get("reason") or "marked not runnable on tiny models"
     return True, ""

@@ -328,7 +328,7 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
     Everything goes to a temporary sibling folder that is renamed into place only when complete; an existing
     folder is refused unless ``overwrite`` (then it is replaced only after the new one is complete).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     from ...fileio import atomic_folder
     folder = Path(folder)
@@ -336,19 +336,84 @@ def save_rahf(model: RAHF, tokenizer, folder: str | os.PathLike, overwrite: bool
         raise FileExistsError(f"{folder} already exists: choose another name or allow overwriting.")
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         model.config.save(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        save_file(portable_state_dict(model), str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "model_type": MODEL_TYPE})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            from ...weights.hf_compat import portable_hf_files
+            portable_hf_files(tmp / TOKENIZER_DIR)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         (tmp / ".complete").write_text("ok")
     return folder
 
 
+# transformers 5 renamed the ViT's modules. Files keep the 4.x names (those of the Hub's ViT checkpoints), so a
+# RAHF folder written with either version loads in the other (Forge pins transformers 4.46).
+# (4.x name, 5.x name) of each ViT module, "{i}" = the layer
+_VIT_NAMES = (("encoder.layer.{i}.attention.attention.query.", "layers.{i}.attention.q_proj."),
+              ("encoder.layer.{i}.attention.attention.key.", "layers.{i}.attention.k_proj."),
+              ("encoder.layer.{i}.attention.attention.value.", "layers.{i}.attention.v_proj."),
+              ("encoder.layer.{i}.attention.output.dense.", "layers.{i}.attention.o_proj."),
+              ("encoder.layer.{i}.intermediate.dense.", "layers.{i}.mlp.fc1."),
+              ("encoder.layer.{i}.output.dense.", "layers.{i}.mlp.fc2."),
+              ("encoder.layer.{i}.layernorm_before.", "layers.{i}.layernorm_before."),
+              ("encoder.layer.{i}.layernorm_after.", "layers.{i}.layernorm_after."))
+
+
+def _vit_rules(to_v5: bool):
+    import re
+    pairs = [(b, a) if not to_v5 else (a, b) for a, b in _VIT_NAMES]
+    return tuple((re.escape(src).replace(re.escape("{i}"), r"(\d+)"), dst.replace("{i}", r"\1")) for src, dst in pairs)
+
+
+_VIT_V4_TO_V5, _VIT_V5_TO_V4 = _vit_rules(True), _vit_rules(False)
+
+
+def _rename_vit(sd: dict, rules) -> dict:
+    import re
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("image_encoder."):
+            rest = k[len("image_encoder."):]
+            for pat, rep in rules:
+                rest, n = re.subn("^" + pat, rep, rest)
+                if n:
+                    break
+            k = "image_encoder." + rest
+        out[k] = v
+    return out
+
+
+def portable_state_dict(model: nn.Module) -> dict:
+    """The weights to save: one name per shared tensor (T5's tied embeddings), contiguous, ViT keys in 4.x names."""
+    seen, sd = set(), {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        sd[k] = v.detach().contiguous()
+    return _rename_vit(sd, _VIT_V5_TO_V4)
+
+
+def load_portable(model: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load weights saved by :func:`portable_state_dict` (or with either ViT naming); ``(missing, unexpected)``."""
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    want = model.state_dict()
+    for rules in ((), _VIT_V4_TO_V5, _VIT_V5_TO_V4):
+        cand = _rename_vit(sd, rules) if rules else sd
+        if set(cand) <= set(want):
+            sd = cand
+            break
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    loaded = {want[k].data_ptr() for k in sd if k in want}
+    return [k for k in missing if want[k].data_ptr() not in loaded], list(unexpected)
+
+
 def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu"):
     """``(model, tokenizer, config)`` from a model folder (weights checked: no missing or unexpected keys)."""
-    from safetensors.torch import load_model
     from transformers import AutoTokenizer
     folder = Path(folder)
     cfg = RAHFConfig.load(folder)
@@ -357,7 +422,7 @@ def load_rahf_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     model = RAHF(cfg)
     from safetensors import SafetensorError
     try:
-        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+        missing, unexpected = load_portable(model, folder / WEIGHTS_NAME)
     except SafetensorError as e:
         raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable .safetensors file ({str(e)[:160]}): convert "
                          "or download the model again.") from None

@@ -1,1 +1,0 @@
-"""Automatic1111 / Forge extension glue (``scripts.Script`` subclasses)."""
