@@ -1,65 +1,31 @@
 """Best-of-N scoring: N images through every registry reward, one batched call vs N single-image calls.
 
-    PYTHONPATH=<parent of the pack> HF_HUB_OFFLINE=1 python benchmarks/best_of_n_bench.py [--n 8] [--repeats 5]
-        [--rewards pickscore,hps,image_reward,aesthetic,clip_score,caption,sam_llm,rich] [--threads 1]
+    PYTHONPATH=<parent of the pack> python benchmarks/best_of_n_bench.py [--n 8] [--repeats 3] [--quick]
+        [--rewards caption,sam_llm,rich,pickscore,hps,image_reward,aesthetic,clip_score]
 
-Builds tiny random models (no downloads; ``weights.tiny.TINY_REWARD_MODELS``) in a temporary folder, builds every
-scorer and warms it up on both paths (model loading is not timed), then times the batched call and the per-image
-loop side by side in one process: in alternating order (A B, B A, …) for ``--repeats`` rounds, reporting the
-minimum and the median of each and the ratio of the medians (loop / batched). The 1-minute load average is printed
-before and after, because the machine may be shared. Each timed call gets fresh prompt text, so per-(label,
-prompt) caches inside a reward never favour either side; an untimed run then checks that batched and per-image
-scores agree (max |diff|). A reward whose module or tiny model is not in this checkout is skipped and named.
-
-The timing method lives in :func:`compare` alone (warm-up, alternation, min/median), so moving this benchmark onto a
-shared benchmark helper is one call.
+Builds tiny random models (no downloads) in a temporary folder, then times one batched call against N
+single-image calls with the shared method (``_method.py``: warm-up, so model loading is not timed; alternating
+order; repeats; min and median; load) and prints the ratio (loop / batched) per reward and overall. Rewards
+whose module is not in this checkout are skipped and named. Each timed call gets fresh prompt text, so
+per-(label, prompt) caches inside a reward never favour either side; an untimed run then checks that batched
+and looped scores agree (max |diff|).
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
-import shutil
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("REWARDLOOP_NO_TQDM", "1")
+from _method import Timing, compare, header, parse, parser, ratio_line
 
-try:
-    import rewardloop  # noqa: F401
-except ImportError:  # run from inside the pack folder without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# random SAM weights predict low IoUs and near-identical boxes: with SAM's thresholds every image would fall back
+# to one whole-image segment, and NMS would merge the rest. These keep max_segments (32) masks per image, so the
+# labeller and the judge get a real image's amount of work; the table reports the counts.
+SAM_OPTIONS = {"pred_iou_thresh": "0", "stability_score_thresh": "0", "box_nms_thresh": "1.0"}
 
 
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def compare(a: Callable[[int], object], b: Callable[[int], object], repeats: int) -> dict:
-    """Time ``a`` and ``b`` (each called with the round number) after one untimed warm-up each, alternating which
-    goes first every round; returns min and median seconds of both."""
-    a(-1)
-    b(-1)
-    ta, tb = [], []
-    for r in range(repeats):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for fn, times in order:
-            t0 = time.perf_counter()
-            fn(r)
-            times.append(time.perf_counter() - t0)
-    return {"a_min": min(ta), "a_median": statistics.median(ta), "b_min": min(tb), "b_median": statistics.median(tb)}
-
-
-def images(n: int, size: int = 64):
+def images(n: int, size: int = 128):
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -71,91 +37,159 @@ def images(n: int, size: int = 64):
     return out
 
 
-def build_scorer(name: str, models: dict, root: Path, device: str):
-    """(scorer, None) or (None, why it was skipped)."""
-    from rewardloop.rewards import scoring
-    from rewardloop.weights import tiny
-    from rewardloop.weights.catalogue import CATALOGUE
-    mod = scoring.SCORER_FACTORIES[name].split(":")[0]
-    try:
-        found = importlib.util.find_spec(mod, "rewardloop.rewards") is not None
-    except ImportError:
-        found = False
-    if not found:
-        return None, f"{name} (module rewardloop.rewards{mod} not in this checkout)"
-    known = {s.key for s in CATALOGUE}
-    missing = [k for k in models.values() if k not in known or k not in tiny.BUILDERS]
-    if missing:
-        return None, f"{name} (tiny model(s) {', '.join(missing)} not in this checkout)"
-    try:
-        for key in models.values():
-            tiny.build(key, root)
-        return scoring.make_scorer(name, models=models, device=device), None
-    except Exception as e:  # one broken reward must not hide the others' numbers
-        return None, f"{name} (could not be built: {type(e).__name__}: {e})"
-
-
 def main(argv=None) -> int:
-    from rewardloop.rewards.scoring import available
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=8, help="images per best-of-N batch")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (alternating order)")
-    p.add_argument("--rewards", default=",".join(available()), help="comma-separated rewards (default: all)")
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    from rewardloop.weights.tiny import TINY_REWARD_MODELS as REWARDS  # every registry reward's tiny models
+    p.add_argument("--rewards", default=",".join(REWARDS), help="comma-separated subset of " + ", ".join(REWARDS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 suits the tiny "
+                                                          "models on a shared machine)")
+    args = parse(p, argv)
+    if args.quick:
+        args.n, args.size = 4, 64
 
     import torch
 
-    from rewardloop.weights.tiny import TINY_REWARD_MODELS
+    from rewardloop.rewards.scoring import make_scorer
+    from rewardloop.weights import tiny
+    from rewardloop.weights.catalogue import CATALOGUE
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp(prefix="rewardloop-bench-"))
     os.environ["REWARDLOOP_MODELS"] = str(root)
-    ims = images(args.n)
-    base = "a bright square on a dark background"
+    known = {s.key for s in CATALOGUE}
+    ims = images(args.n, args.size)
+    prompts = ["a bright square on a dark background"] * args.n
     rows, skipped = [], []
-    load_before = load_average()
-    try:
-        for name in [r.strip() for r in args.rewards.split(",") if r.strip()]:
-            if name not in TINY_REWARD_MODELS:
-                skipped.append(f"{name} (no tiny models listed for it)")
-                continue
-            scorer, why = build_scorer(name, TINY_REWARD_MODELS[name], root, args.device)
-            if scorer is None:
-                skipped.append(why)
-                continue
+    import importlib.util
 
-            def batched(r, scorer=scorer):
-                scorer(ims, [f"{base} (run {r} batched)"] * args.n)
+    from rewardloop.rewards import scoring
+    encoder_share: dict = {}
+    decoder_share: dict = {}
+    for name in [r.strip() for r in args.rewards.split(",") if r.strip()]:
+        if name not in REWARDS:
+            skipped.append(f"{name} (no tiny models listed for it in weights/tiny.py TINY_REWARD_MODELS)")
+            continue
+        models = REWARDS[name]
+        mod = scoring.SCORER_FACTORIES[name].split(":")[0]
+        try:
+            found = importlib.util.find_spec(mod, "rewardloop.rewards") is not None
+        except ImportError:
+            found = False
+        if not found:
+            skipped.append(f"{name} (module rewardloop.rewards{mod} not in this checkout)")
+            continue
+        missing = [k for k in models.values() if k not in known or k not in tiny.BUILDERS]
+        if missing:
+            skipped.append(f"{name} (tiny model(s) {', '.join(missing)} not in this checkout)")
+            continue
+        try:
+            for key in models.values():
+                tiny.build(key, root)
+            scorer = make_scorer(name, models=dict(models, **(SAM_OPTIONS if name == "sam_llm" else {})),
+                                 device=args.device)
+        except (ImportError, ModuleNotFoundError) as e:
+            skipped.append(f"{name} (module missing: {e})")
+            continue
+        except Exception as e:  # one broken reward must not hide the others' numbers
+            skipped.append(f"{name} (could not be built: {type(e).__name__}: {e})")
+            continue
+        fresh = {}
 
-            def per_image(r, scorer=scorer):
-                for im in ims:
-                    scorer([im], [f"{base} (run {r} loop)"])
+        def before(variant, r, fresh=fresh):  # fresh prompt text per timed call: no cache favours a side
+            fresh[variant] = [f"{p} (run {r} {variant})" for p in prompts]
 
-            t = compare(batched, per_image, args.repeats)
-            prompts = [base] * args.n
-            together = scorer(ims, prompts)  # agreement check (not timed)
-            alone = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
-            diff = max(abs(s.values[i] - alone[i][j].values[0]) for j, s in enumerate(together) for i in range(args.n))
-            rows.append((name, ", ".join(s.name for s in together), t, diff))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"best-of-N scoring, N={args.n}, device={args.device}, torch threads={torch.get_num_threads()}, "
-          f"{args.repeats} alternating rounds; load average (1/5/15 min) before: {load_before}, "
-          f"after: {load_average()}")
-    print(f"{'reward':13} {'scores':34} {'batched min/med s':>18} {'per-image min/med s':>20} {'ratio':>7}  max |diff|")
-    for name, names, t, diff in rows:
-        print(f"{name:13} {names[:34]:34} {t['a_min']:8.3f}/{t['a_median']:<8.3f}  {t['b_min']:9.3f}/{t['b_median']:<9.3f} "
-              f"{t['b_median'] / t['a_median']:6.2f}x  {diff:.2e}")
+        def batched(scorer=scorer, fresh=fresh):
+            scorer(ims, fresh.get("batched", prompts))
+
+        def loop(scorer=scorer, fresh=fresh):
+            for im, pr in zip(ims, fresh.get("loop", prompts)):
+                scorer([im], [pr])
+
+        enc = _clock(scorer.sam.model.image_encoder) if name == "sam_llm" else None
+        dec = _clock(scorer.sam.model.mask_decoder) if name == "sam_llm" else None
+
+        def timed(fn, variant, enc=enc, dec=dec):
+            def run():
+                e0, d0 = (enc["s"], dec["s"]) if enc else (0.0, 0.0)
+                fn()
+                if enc:
+                    enc.setdefault(variant, []).append(enc["s"] - e0)
+                    dec.setdefault(variant, []).append(dec["s"] - d0)
+            return run
+
+        variants = {"batched": timed(batched, "batched"), "loop": timed(loop, "loop")}
+        if name == "sam_llm":  # the previous algorithm: every candidate measured at full resolution
+            exact = make_scorer(name, models=dict(models, **SAM_OPTIONS, exact_selection="1"), device=args.device)
+
+            def batched_exact(fresh=fresh):
+                exact(ims, fresh.get("batched, exact selection", prompts))
+            variants["batched, exact selection"] = batched_exact
+        t = compare(variants, args.repeats, args.warmup, before=before)
+        if enc:  # the encoder's / decoder's seconds of each timed run over that run's total (skip the warm-ups)
+            for share, clock in ((encoder_share, enc), (decoder_share, dec)):
+                share.update({v: [e / tt for e, tt in zip(clock[v][args.warmup:], t[v].times)]
+                              for v in ("batched", "loop")})
+        batched = scorer(ims, prompts)  # agreement check (not timed)
+        looped = [scorer([im], [pr]) for im, pr in zip(ims, prompts)]
+        diff = 0.0
+        for j, s in enumerate(batched):
+            diff = max(diff, max(abs(s.values[i] - looped[i][j].values[0]) for i in range(args.n)))
+        counts = [d.get("n_segments") for d in (batched[0].details or []) if isinstance(d, dict)]
+        rows.append((name, ", ".join(s.name for s in batched), t["batched"], t["loop"], diff, counts,
+                     t.get("batched, exact selection")))
+    header("best-of-N scoring: one batched call vs one call per image", n=args.n, image=f"{args.size}px",
+           device=args.device)
+    for name, names, tb, tl, diff, counts, tex in rows:
+        print(f"-- {name} ({names}); max |batched - loop| {diff:.2e}")
+        if name == "sam_llm":
+            print(f"   segments per image: {counts} (thresholds 0, NMS off, max_segments 32; 0 = whole-image "
+                  f"fallback); SAM image encoder share of the time (median): batched "
+                  f"{100 * statistics.median(encoder_share['batched']):.0f}%, loop "
+                  f"{100 * statistics.median(encoder_share['loop']):.0f}%; SAM mask decoder share (median): batched "
+                  f"{100 * statistics.median(decoder_share['batched']):.0f}%, loop "
+                  f"{100 * statistics.median(decoder_share['loop']):.0f}%")
+        tb.name, tl.name = f"{name} batched", f"{name} loop"
+        print(tb.line())
+        print(tl.line())
+        print(ratio_line(f"{name} loop/batched", tl, tb))
+        if tex is not None:
+            tex.name = f"{name} batched, exact selection"
+            print(tex.line(width=36))
+            print(ratio_line(f"{name} exact selection (every candidate at full size) / low-res selection", tex, tb))
     if rows:
-        tb = sum(r[2]["a_median"] for r in rows)
-        tl = sum(r[2]["b_median"] for r in rows)
-        print(f"{'all':13} {'(sum of medians)':34} {tb:17.3f}  {tl:19.3f} {tl / tb:6.2f}x")
+        if len(rows) == 1:
+            return 0
+        tb = Timing("all batched", [sum(x) for x in zip(*(r[2].times for r in rows))], rows[-1][2].load)
+        tl = Timing("all loop", [sum(x) for x in zip(*(r[3].times for r in rows))], rows[-1][3].load)
+        print("-- all rewards (sum of each repeat)")
+        print(tb.line())
+        print(tl.line())
+        print(ratio_line("all loop/batched", tl, tb))
     for s in skipped:
         print(f"skipped: {s}")
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _clock(module) -> dict:
+    """Accumulate the seconds spent in ``module``'s forward (``clock["s"]``)."""
+    import time
+    clock = {"s": 0.0}
+    forward = module.forward
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return forward(*a, **k)
+        finally:
+            clock["s"] += time.perf_counter() - t0
+    module.forward = timed
+    return clock
 
 
 if __name__ == "__main__":

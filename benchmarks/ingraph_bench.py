@@ -2,7 +2,7 @@
 process, on the same tiny model, steps, resolution, rank and layer set.
 
     COMFYUI_PATH=… $COMFYUI_PYTHON benchmarks/ingraph_bench.py CHECKPOINT [--steps 4] [--resolution 64]
-        [--rank 4] [--repeats 3] [--mode dreambooth]
+        [--rank 4] [--repeats 3] [--warmup 1] [--quick] [--mode dreambooth]
 
 (``rewardloop`` must be importable: PYTHONPATH=<folder holding a rewardloop link to this checkout>.) CHECKPOINT: a
 single file ComfyUI loads (e.g. tiny-sd15-single from weights/tiny.py, or weights/tiny_comfy.py's SDXL/SD3.5).
@@ -12,14 +12,14 @@ checkpointing on, LoRA rank r on every ≥2-D weight of the diffusion model (cor
 norm/bias differences; ours: targets=all). Ours runs the DPG objective (default mode dreambooth = prediction-space
 MSE; --mode look_forward adds x̂0 and γ^t) without prior images or samples.
 
-Step time: the training loop only (core: TrainSampler.sample; ours: the loop inside our sampler) divided by steps;
-one warm-up pair first, then ``repeats`` pairs in alternating order; min and median printed.
+Step time: the training loop only (core: TrainSampler.sample; ours: the loop inside our sampler) divided by steps,
+timed with the shared method (``_method.py``: warm-up, alternating order, repeats, min and median, load).
+``--quick``: 2 steps.
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak resident-set growth during the loop
 (psutil, sampled every 5 ms) — a coarse number on a shared machine. The machine load is printed with the figures.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -27,16 +27,19 @@ import tempfile
 import threading
 import time
 
+from _method import Seconds, compare, header, parse, parser, ratio_line
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+
+def main(argv=None) -> None:
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--rank", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mode", default="dreambooth")
-    a = ap.parse_args()
+    a = parse(ap, argv)
+    if a.quick:
+        a.steps = 2
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
     import psutil
     import torch
@@ -105,13 +108,18 @@ def main() -> None:
     G._Job.loop = lambda self, *x, **k: timed(our_loop, "ours")(self, *x, **k)
     algo = list(NT.adapter_maps.keys())[0]
 
-    def run_core(seed):
-        with torch.inference_mode():
-            NT.TrainLoraNode().train(model, latents, positive, 1, a.steps, 1, 1e-4, a.rank, "AdamW", "MSE", seed,
-                                     "fp32", "fp32", algo, True, "[None]")
-        return timings["core"] / a.steps, timings["core_mem"]
+    seeds = iter(range(10 ** 6))
+    memory: dict[str, list[float]] = {"core": [], "ours": []}
 
-    def run_ours(seed):
+    def run_core():
+        with torch.inference_mode():
+            NT.TrainLoraNode().train(model, latents, positive, 1, a.steps, 1, 1e-4, a.rank, "AdamW", "MSE",
+                                     next(seeds), "fp32", "fp32", algo, True, "[None]")
+        memory["core"].append(timings["core_mem"])
+        return Seconds(timings["core"] / a.steps)
+
+    def run_ours():
+        seed = next(seeds)
         cfg = G.GraphTrainConfig(steps=a.steps, lr=1e-4, rank=a.rank, targets="all", gradient_checkpointing=True,
                                  training_dtype="fp32", seed=seed, save_every=0)
         with torch.inference_mode():
@@ -119,26 +127,22 @@ def main() -> None:
                                    out_name=f"bench_{seed}", overwrite=True, mode=a.mode, cfg=cfg,
                                    resolution=a.resolution, resume=False, sample_prompts=[],
                                    run_dir=os.path.join(tmp, f"run_{seed}"))
-        return timings["ours"] / a.steps, timings["ours_mem"]
+        memory["ours"].append(timings["ours_mem"])
+        return Seconds(timings["ours"] / a.steps)
 
-    runs = {"core": run_core, "ours": run_ours}
-    run_core(0), run_ours(0)  # warm-up pair
-    res: dict[str, list] = {"core": [], "ours": []}
-    for r in range(a.repeats):
-        order = ("core", "ours") if r % 2 == 0 else ("ours", "core")
-        for k in order:
-            res[k].append(runs[k](r + 1))
-    load = os.getloadavg()
-    print(f"checkpoint {os.path.basename(a.checkpoint)} ({type(model.model).__name__}), device {dev}, steps "
-          f"{a.steps}, resolution {a.resolution}, rank {a.rank}, mode {a.mode}, repeats {a.repeats}, "
-          f"load avg {load[0]:.1f}/{load[1]:.1f} on {os.cpu_count()} cores")
-    print(f"{'trainer':<28}{'step s (min)':>14}{'step s (median)':>17}{'peak MB (median)':>18}")
-    for k, label in (("core", "core TrainLoraNode"), ("ours", "in-graph DPG")):
-        st = [x[0] for x in res[k]]
-        mem = [x[1] / 2 ** 20 for x in res[k]]
-        print(f"{label:<28}{min(st):>14.3f}{statistics.median(st):>17.3f}{statistics.median(mem):>18.1f}")
-    ratio = statistics.median(x[0] for x in res["ours"]) / statistics.median(x[0] for x in res["core"])
-    print(f"step-time ratio in-graph / core (medians): {ratio:.2f}")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    header("in-graph DPG trainer vs ComfyUI's core TrainLoraNode: seconds per training step",
+           checkpoint=f"{os.path.basename(a.checkpoint)} ({type(model.model).__name__})", device=dev,
+           steps=a.steps, resolution=a.resolution, rank=a.rank, mode=a.mode)
+    t = compare({"core TrainLoraNode": run_core, "in-graph DPG": run_ours}, a.repeats, a.warmup, sync=sync)
+    for (name, timing), key in zip(t.items(), ("core", "ours")):
+        print(timing.line(unit_name="s/step"))
+        print(f"{'':28} peak memory growth (median of the timed runs) "
+              f"{statistics.median(memory[key][a.warmup:]) / 2 ** 20:.1f} MB")
+    print(ratio_line("step time core / in-graph (below 1: in-graph is slower)", t["core TrainLoraNode"],
+                     t["in-graph DPG"]))
+    print(f"step-time ratio in-graph / core (medians): "
+          f"{t['in-graph DPG'].median / t['core TrainLoraNode'].median:.2f}")
 
 
 if __name__ == "__main__":

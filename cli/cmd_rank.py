@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import io
@@ -11,13 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import distributed
 from ..errors import UserError
 from ..fileio import atomic_save, atomic_write_text
 from ..rewards.images import broadcast_prompts
 from ..rewards.ranking import MODE_ALIASES, assemble_rank
 from ..rewards.scoring import available, check_scorers, make_scorer, parse_model_options, score_names
-from ._checks import (add_device_args, check_int, check_out_dir, collect_images, derived_name, load_images,
-                      split_names)
+from ._checks import add_device_args, check_int, check_out_dir, collect_images, derived_name, split_names
+from ._stream import DEFAULT_CHUNK, check_images, stream_scores
 
 THUMB = 256
 
@@ -41,6 +43,9 @@ def register(sub):
     p.add_argument("--model", action="append", metavar="ROLE=MODEL",
                    help="model for a role, e.g. captioner=blip-large, llm=…, rich_feedback=…; given only to the "
                         "rewards that take that role; REWARD.ROLE=MODEL (e.g. sam_llm.captioner=…) for one reward")
+    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                   help=f"images loaded and scored at a time (memory is bounded by the chunk, not the folder; "
+                        f"default {DEFAULT_CHUNK})")
     add_device_args(p)
     p.set_defaults(func=cmd_rank)
 
@@ -99,15 +104,37 @@ def _save_png(path: Path, pil) -> None:
     atomic_save(path, writer)
 
 
-def write_report(out: Path, files: list[Path], images, scores, ranking, overwrite: bool) -> dict[str, Path]:
+def render_chunk(stage: Path, start: int, images, scores, heat_cells: dict) -> None:
+    """Thumbnails and heatmap overlays of one scored chunk, written to ``stage`` (so the images can be let go)."""
     import torch
 
-    from ..rewards.images import pil_to_image
+    from ..rewards.images import image_to_pil, pil_to_image
     from ..rewards.regions import detail_heatmaps, overlay
+    (stage / "thumbs").mkdir(parents=True, exist_ok=True)
+    for j, im in enumerate(images):
+        i = start + j
+        th = im.copy()
+        th.thumbnail((THUMB, THUMB))
+        _save_png(stage / "thumbs" / f"{i:04d}.png", th)
+        cells, seen = [], set()
+        for s in scores:
+            for key, hm in detail_heatmaps(s.details[j] if s.details else {}).items():
+                if key in seen:  # a reward with several scores (rich) repeats its maps in each score's details
+                    continue
+                seen.add(key)
+                (stage / "heatmaps").mkdir(exist_ok=True)
+                rel = f"heatmaps/{i:04d}_{key}.png"
+                _save_png(stage / rel, image_to_pil(overlay(pil_to_image(th), torch.from_numpy(hm), "jet", 0.6))[0])
+                cells.append((key.replace("_", " "), rel))
+        heat_cells[i] = cells
+
+
+def write_report(out: Path, files: list[Path], stage: Path, scores, ranking, overwrite: bool,
+                 heat_cells: dict) -> dict[str, Path]:
+    """The ranked copies, ``report.csv`` and ``index.html``; thumbnails and overlays come from ``stage``."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty: choose a new --out folder or add --overwrite.")
     (out / "ranked").mkdir(parents=True, exist_ok=True)
-    (out / "thumbs").mkdir(exist_ok=True)
     multi = len(ranking.groups) > 1
     names: dict[int, str] = {}
     for i in ranking.order:
@@ -117,25 +144,11 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
         if dest.exists() and not overwrite:
             raise ValueError(f"{dest} already exists: add --overwrite to replace it.")
         atomic_save(dest, lambda tmp, src=files[i]: shutil.copyfile(src, tmp))
-    heat_cells = {}
-    for i in ranking.order:
-        th = images[i].copy()
-        th.thumbnail((THUMB, THUMB))
-        _save_png(out / "thumbs" / f"{i:04d}.png", th)
-        cells, seen = [], set()
-        for s in scores:
-            for key, hm in detail_heatmaps(s.details[i] if s.details else {}).items():
-                if key in seen:  # a reward with several scores (rich) repeats its maps in each score's details
-                    continue
-                seen.add(key)
-                (out / "heatmaps").mkdir(exist_ok=True)
-                img_t = pil_to_image(th)
-                ov = overlay(img_t, torch.from_numpy(hm), "jet", 0.6)
-                from ..rewards.images import image_to_pil
-                rel = f"heatmaps/{i:04d}_{key}.png"
-                _save_png(out / rel, image_to_pil(ov)[0])
-                cells.append((key.replace("_", " "), rel))
-        heat_cells[i] = cells
+    for sub in ("thumbs", "heatmaps"):
+        if (stage / sub).is_dir():
+            (out / sub).mkdir(exist_ok=True)
+            for f in (stage / sub).iterdir():
+                os.replace(f, out / sub / f.name)
     # CSV
     buf = io.StringIO()
     wr = csv.writer(buf)
@@ -170,6 +183,25 @@ def write_report(out: Path, files: list[Path], images, scores, ranking, overwrit
     return {"csv": out / "report.csv", "html": out / "index.html", "ranked": out / "ranked"}
 
 
+@contextlib.contextmanager
+def _stage(out: Path):
+    """A staging folder for thumbnails and overlays, removed at the end: in the temporary folder, or next to ``out``
+    when several processes share the run (they all write there)."""
+    import tempfile
+    base = None
+    if distributed.world_size() > 1:
+        base = out.absolute().parent
+        base.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=base) if distributed.is_main() else None
+    path = Path(distributed.gather({0: path} if path else {})[0])
+    try:
+        yield path
+    finally:
+        distributed.barrier()
+        if distributed.is_main():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def cmd_rank(args) -> int:
     out = check_out_dir(args.out, args.overwrite)
     reward_names = split_names(args.rewards)
@@ -178,19 +210,24 @@ def cmd_rank(args) -> int:
     check_int("--group-size", args.group_size, 0)
     check_scorers(reward_names, models)  # names, roles, every model on disk: before anything loads
     check_weight_count(reward_names, weights)
+    check_int("--chunk", args.chunk, 1)
     files = collect_images(args.images)
     if args.group_size and len(files) % args.group_size:
         raise UserError(f"{len(files)} images do not split into groups of --group-size {args.group_size}: give a "
                         f"divisor of {len(files)} (or 0 for one group).")
     prompts = expand_prompts(args.prompt, len(files), args.group_size)
-    images = load_images(files)
-    per_reward = []
-    for name in reward_names:
-        scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
-        per_reward.append(list(scorer(images, prompts)))
-    scores = [s for group in per_reward for s in group]
-    ranking = assemble_rank(scores, score_weights(reward_names, per_reward, weights), args.mode, args.group_size)
-    paths = write_report(out, files, images, scores, ranking, args.overwrite)
+    check_images(files)  # every file decodes: before any model loads
+    scorers = [make_scorer(name, models=models, device=args.device, dtype=args.dtype) for name in reward_names]
+    with _stage(out) as stage:
+        heat_cells: dict[int, list] = {}
+        scores = stream_scores(files, prompts, scorers, args.chunk,
+                               lambda start, ims, got: render_chunk(stage, start, ims, got, heat_cells))
+        heat_cells = distributed.gather(heat_cells)
+        per_reward = [list(sc.names) for sc in scorers]
+        ranking = assemble_rank(scores, score_weights(reward_names, per_reward, weights), args.mode, args.group_size)
+        if not distributed.is_main():
+            return 0
+        paths = write_report(out, files, stage, scores, ranking, args.overwrite, heat_cells)
     print("\n".join(f"{i}: {f}" for i, f in enumerate(files)))
     print(ranking.table())
     print(f"ranked copies: {paths['ranked']}{os.sep}\nreport: {paths['csv']}\npage: {paths['html']}")

@@ -100,14 +100,19 @@ def cmd_train_ranked(args) -> int:
     check_base(args.base)
     lora_path = safe_output_path(bridge.loras_dir(), args.out, ".safetensors", overwrite=True)
     run_dir = Path(args.run_dir) if args.run_dir else run_folder.run_dir_for(RUNS_SUBDIR, args.out)
-    with run_folder.claim(run_dir):     # one process per run, and nothing left behind by a failed start
+    from .. import distributed
+    # one process per run (the other ranks of a torchrun job share it), and nothing left behind by a failed start
+    with run_folder.claim(run_dir, main=distributed.is_main()):
         check_run(run_dir, prompts, cfg, lora_cfg, train_cfg, args.base, args.resume, args.overwrite, lora_path)
         scorers = build_scorers(names, models, args.device, args.dtype)
         trainer = RankedTrainer(args.base, prompts, scorers, run_dir, cfg, lora_cfg, train_cfg,
                                 resume=args.resume, dtype=dtype, device=args.device, overwrite=args.overwrite)
+        distributed.barrier()           # every process has read the run folder before process 0 writes to it
         with bridge.Progress(trainer.units_total(), desc="train-ranked") as progress:
             trainer.progress = progress
             result = trainer.run(lora_path, overwrite=args.overwrite)
+    if not distributed.is_main():
+        return 0
     print(f"run dir: {result.run_dir}")
     print(result.table_path.read_text().rstrip())
     print(f"plot: {result.plot_path}")

@@ -9,12 +9,16 @@ from ._checks import add_device_args, check_model
 
 
 def register(sub):
-    p = sub.add_parser("judge", help="LLM likelihood (1 unlikely .. 3 certain) of labels in a prompted scene")
+    p = sub.add_parser("judge", help="likelihood (1 unlikely .. 3 certain) of labels in a prompted scene (LLM or "
+                                     "semantic judge)")
     p.add_argument("labels", nargs="+", help="labels (tags) to judge, e.g. cat bench 'traffic light'")
     p.add_argument("--prompt", required=True, help="the text-to-image prompt (the scene)")
     p.add_argument("--llm", default="SmolLM2-135M-Instruct", help="LLM key, folder name in models/LLM, or path")
-    p.add_argument("--mode", choices=["logprob", "paper"], default="logprob",
-                   help="logprob: expected score from P(1/2/3); paper: greedy answer parsed as tag:score")
+    p.add_argument("--mode", choices=["logprob", "paper", "semantic"], default="logprob",
+                   help="logprob: expected score from P(1/2/3); paper: greedy answer parsed as tag:score; semantic: "
+                        "prompt-label similarity of --text-encoder (no LLM)")
+    p.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
+                   help="text encoder of the semantic judge (key, folder in models/clip, or path)")
     add_device_args(p)
     p.add_argument("--json", action="store_true", help="print strict JSON (a value that does not apply is null)")
     p.set_defaults(func=cmd_judge)
@@ -22,18 +26,23 @@ def register(sub):
 
 def cmd_judge(args) -> int:
     from ..errors import UserError
-    from ..rewards.llm_judge import LLMJudge
     from ..rewards.report import dumps
-    from ..rewards.sam_llm import reward_from_scores
-    from ..weights.loaders import load_llm
+    from ..rewards.sam_llm import make_judge, reward_from_scores
     labels = [lab.strip() for lab in args.labels]
     if any(not lab for lab in labels):
         raise UserError("A label is empty: give words such as cat bench 'traffic light'.")
     if not args.prompt.strip():
         raise UserError("--prompt is empty: type the scene (the text-to-image prompt).")
-    check_model(args.llm, "LLM", "--llm")
     args.labels = labels
-    judge = LLMJudge(load_llm(args.llm, dtype=args.dtype, device=args.device), mode=args.mode)
+    if args.mode == "semantic":
+        from ..rewards.similarity import load_text_encoder
+        check_model(args.text_encoder, "clip", "--text-encoder")
+        judge = make_judge("semantic", text_encoder=load_text_encoder(args.text_encoder, dtype=args.dtype,
+                                                                      device=args.device))
+    else:
+        from ..weights.loaders import load_llm
+        check_model(args.llm, "LLM", "--llm")
+        judge = make_judge(args.mode, llm=load_llm(args.llm, dtype=args.dtype, device=args.device))
     got = judge.judge(args.labels, args.prompt)
     r = reward_from_scores([j.score for j in got])
     if args.json:

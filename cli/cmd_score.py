@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from ..rewards.report import scores_json, scores_table
 from ..rewards.scoring import available, check_scorers, make_scorer, parse_model_options
-from ._checks import add_device_args, check_prompts, collect_images, load_images, split_names
+from .. import distributed
+from ._checks import add_device_args, check_int, check_prompts, collect_images, split_names
+from ._stream import DEFAULT_CHUNK, check_images, stream_scores
 
 
 def register(sub):
@@ -17,6 +19,8 @@ def register(sub):
                    help="model for a role, e.g. captioner=blip-large, text_encoder=all-MiniLM-L6-v2, llm=…, "
                         "pickscore=…, hps=…, image_reward=…, aesthetic=…, clip=…; REWARD.ROLE=… for one reward; "
                         "options the same way (batch_size=8, clip_score.prefix=)")
+    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                   help=f"images loaded and scored at a time (memory is bounded by the chunk; default {DEFAULT_CHUNK})")
     add_device_args(p)
     p.add_argument("--json", action="store_true",
                    help="print JSON {files, prompts, scores} instead of a table (strict JSON: NaN is null)")
@@ -27,13 +31,14 @@ def cmd_score(args) -> int:
     names = split_names(args.reward)
     models = parse_model_options(args.model)
     check_scorers(names, models)  # names, roles, every model on disk: before anything loads
+    check_int("--chunk", args.chunk, 1)
     files = collect_images(args.images)
-    images = load_images(files)
-    prompts = check_prompts(args.prompt, len(images))
-    scores = []
-    for name in names:
-        scorer = make_scorer(name, models=models, device=args.device, dtype=args.dtype)
-        scores += scorer(images, prompts)
+    prompts = check_prompts(args.prompt, len(files))
+    check_images(files)  # every file decodes: before any model loads
+    scorers = [make_scorer(name, models=models, device=args.device, dtype=args.dtype) for name in names]
+    scores = stream_scores(files, prompts, scorers, args.chunk)
+    if not distributed.is_main():
+        return 0
     if args.json:
         print(scores_json(scores, files, prompts))
     else:

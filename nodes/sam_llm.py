@@ -9,7 +9,7 @@ import torch
 
 from ..rewards.images import broadcast_prompts, image_to_pil
 from ._common import (CAPTIONER, CATEGORY, CLIP_MODEL, DEVICES, DTYPES, LLM_MODEL, SAM_MODEL, SCORER, SCORES,
-                      SEGMENTS, device_arg, image_hw, model_choices, validated)
+                      SEGMENTS, TEXT_ENCODER, device_arg, image_hw, model_choices, validated)
 
 CAT = f"{CATEGORY}/sam_llm"
 RANGE = "range -0.5..+0.5, higher is better"
@@ -207,13 +207,21 @@ class RewardLoopLabelSegments:
 # ---------------------------------------------------------------- reward / scorer
 def _reward_inputs() -> dict:
     return {
-        "judge_mode": (["logprob", "paper"], {"default": "logprob", "tooltip":
+        "judge_mode": (["logprob", "paper", "semantic"], {"default": "logprob", "tooltip":
                                               "logprob: deterministic expected score from P(1/2/3) in one batched "
-                                              "forward; paper: greedy answer parsed as tag:score."}),
+                                              "forward; paper: greedy answer parsed as tag:score; semantic: "
+                                              "prompt–label similarity of a text encoder (connect text_encoder; "
+                                              "no LLM needed; light and fast)."}),
         "on_empty": (["whole_image", "neutral"], {"default": "whole_image", "tooltip":
                                                   "When SAM finds no segment: judge the whole image as one segment, "
                                                   "or give the neutral reward 0 and an empty heatmap."}),
     }
+
+
+def _judge_models() -> dict:
+    return {"llm": (LLM_MODEL, {"tooltip": "From the RewardLoop LLM loader (judge modes logprob and paper)."}),
+            "text_encoder": (TEXT_ENCODER, {"tooltip": "From the Text Encoder Loader (judge mode semantic: "
+                                                        "all-MiniLM-L6-v2 or a CLIP model)."})}
 
 
 class RewardLoopSamLlmReward:
@@ -235,7 +243,6 @@ class RewardLoopSamLlmReward:
     def INPUT_TYPES(cls):
         return {"required": {
             "sam": (SAM_MODEL, {"tooltip": "From the RewardLoop SAM loader."}),
-            "llm": (LLM_MODEL, {"tooltip": "From the RewardLoop LLM loader."}),
             "image": ("IMAGE", {"tooltip": "Generated images to score."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
                                   "The prompt the images were generated from (one for all, or one line per image)."}),
@@ -244,12 +251,16 @@ class RewardLoopSamLlmReward:
                 "clip": (CLIP_MODEL, {"tooltip": "CLIP model for labels (needed unless a captioner is connected)."}),
                 "captioner": (CAPTIONER, {"tooltip": "Captioner: label segments by captioning their crops instead."}),
                 "segments": (SEGMENTS, {"tooltip": "Segments from Segment / Label Segments (skips segmenting and, "
-                                                   "when labelled, labelling)."})}}
+                                                   "when labelled, labelling)."}),
+                **_judge_models()}}
 
     @validated
-    def score(self, sam, llm, image, prompt, judge_mode="logprob", on_empty="whole_image", points_per_side=16,
-              pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0, max_segments=32,
-              clip=None, captioner=None, segments=None):
+    def score(self, sam, llm=None, image=None, prompt="", judge_mode="logprob", on_empty="whole_image",
+              points_per_side=16, pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0,
+              max_segments=32, clip=None, captioner=None, segments=None, text_encoder=None):
+        from ..errors import UserError
+        if image is None:
+            raise UserError("No images: connect an IMAGE to the SAM+LLM Reward node.")
         from ..rewards.sam_llm import SamLlmReward
         from ..rewards.segments import split_segments
         image_hw(image)
@@ -260,7 +271,7 @@ class RewardLoopSamLlmReward:
         pils = image_to_pil(image)
         opt = _seg_kw(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_area, max_segments)
         reward = SamLlmReward(sam, llm, clip, captioner, label_mode="clip" if clip is not None else "caption",
-                              judge_mode=judge_mode, segment=opt, on_empty=on_empty)
+                              judge_mode=judge_mode, segment=opt, on_empty=on_empty, text_encoder=text_encoder)
         parts = split_segments(segments, len(pils)) if segments is not None else None
         r = reward.score(pils, broadcast_prompts(prompt, len(pils)), parts)
         return (r.weighted, r.unweighted, r.table, r.heatmap_batch(), r.json())
@@ -279,20 +290,21 @@ class RewardLoopSamLlmScorer:
     def INPUT_TYPES(cls):
         return {"required": {
             "sam": (SAM_MODEL, {"tooltip": "From the RewardLoop SAM loader."}),
-            "llm": (LLM_MODEL, {"tooltip": "From the RewardLoop LLM loader."}),
             **_reward_inputs(), **_seg_inputs()},
             "optional": {
                 "clip": (CLIP_MODEL, {"tooltip": "CLIP model for labels (needed unless a captioner is connected)."}),
-                "captioner": (CAPTIONER, {"tooltip": "Captioner: label segments by captioning their crops instead."})}}
+                "captioner": (CAPTIONER, {"tooltip": "Captioner: label segments by captioning their crops instead."}),
+                **_judge_models()}}
 
     @validated
-    def make(self, sam, llm, judge_mode="logprob", on_empty="whole_image", points_per_side=16, pred_iou_thresh=0.88,
-             stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0, max_segments=32, clip=None, captioner=None):
+    def make(self, sam, llm=None, judge_mode="logprob", on_empty="whole_image", points_per_side=16,
+             pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_area=0, max_segments=32,
+             clip=None, captioner=None, text_encoder=None):
         from ..rewards.sam_llm import SamLlmReward
         _check_labeller(clip, captioner, "clip" if clip is not None else "caption")
         opt = _seg_kw(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_area, max_segments)
         return (SamLlmReward(sam, llm, clip, captioner, label_mode="clip" if clip is not None else "caption",
-                             judge_mode=judge_mode, segment=opt, on_empty=on_empty),)
+                             judge_mode=judge_mode, segment=opt, on_empty=on_empty, text_encoder=text_encoder),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -277,13 +277,18 @@ def label_segments(images, segments: Sequence[Segments], prompts: Sequence[str] 
         raise ValueError("Caption labelling needs a captioner: connect a RewardLoop captioner loader.")
     if mode not in ("clip", "caption"):
         raise ValueError(f"Unknown label mode {mode!r}: use 'clip' or 'caption'.")
-    for pil, seg, prompt in zip(pils, segments, prompts):
-        crops = masked_crops(pil, seg, pad=pad)
-        if mode == "clip":
-            vocab = label_vocabulary(prompt, extra_vocabulary, general_vocabulary)
-            got = clip_label_crops(clip, crops, vocab, template)
-        else:
-            got = caption_label_crops(captioner, crops)
-        seg.labels = [g[0] for g in got]
-        seg.label_scores = [g[1] for g in got]
+    # one labelling call for all images that share a vocabulary (best-of-N: every image of a prompt)
+    groups: dict[tuple, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        key = tuple(label_vocabulary(prompt, extra_vocabulary, general_vocabulary)) if mode == "clip" else ()
+        groups.setdefault(key, []).append(i)
+    for vocab, idx in groups.items():
+        crops = [masked_crops(pils[i], segments[i], pad=pad) for i in idx]
+        flat = [c for cs in crops for c in cs]
+        got = iter(clip_label_crops(clip, flat, list(vocab), template) if mode == "clip" else
+                   caption_label_crops(captioner, flat))
+        for i, cs in zip(idx, crops):
+            labelled = [next(got) for _ in cs]
+            segments[i].labels = [g[0] for g in labelled]
+            segments[i].label_scores = [g[1] for g in labelled]
     return list(segments)

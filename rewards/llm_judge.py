@@ -3,13 +3,14 @@
 Two modes on any HF causal chat LM handle (``weights.loaders.load_llm``):
 
 ``logprob`` (default, deterministic)
-    For every (label, prompt) pair the chat is the paper's system + user text (one tag), followed by the
-    assistant turn started with ``"<label>:"``. One batched forward (left padding, position ids from the
-    attention mask) over all pairs that are not cached yet reads the next-token probabilities of the digits
-    "1", "2", "3" (every single-token spelling of each digit in this tokenizer is summed: "1" and, where it
-    exists as one token, " 1"). The three are renormalised → distribution ``p``; the score is the expectation
-    ``1·p1 + 2·p2 + 3·p3`` in [1, 3]; ``digit_mass`` (probability on the digits before renormalising) tells
-    how well the model follows the format. Results are cached by (model, label, prompt) across calls.
+    For every (label, prompt) pair the chat is the paper's system + user text (one tag), followed by the assistant
+    turn started with ``"<label>:"`` (after one space when the conversation ends without white space, as the Vicuna
+    layout's ``ASSISTANT:`` does: ``ASSISTANT: cat:``). One batched forward (left padding, position ids from the
+    attention mask) over all pairs that are not cached yet reads the next-token probabilities of the digits "1",
+    "2", "3" (every single-token spelling of each digit in this tokenizer is summed: "1" and, where it exists as one
+    token, " 1"). The three are renormalised → distribution ``p``; the score is the expectation ``1·p1 + 2·p2 +
+    3·p3`` in [1, 3]; ``digit_mass`` (probability on the digits before renormalising) tells how well the model
+    follows the format. Results are cached by (model, label, prompt) across calls.
 
 ``paper``
     The released code's protocol, fixed: one fresh conversation per image (system + user text with all tags),
@@ -39,7 +40,7 @@ PAPER_USER = ("Please assess the described scene based on the provided prompt an
               "tag appearing in the scene. Assign a score to each tag according to the following criteria:  If a "
               "tag is certain to appear, assign a score of 3. If a tag may appear, assign a score of 2. If a tag is "
               "unlikely to appear, assign a score of 1.\nprompt:{prompt};tags:{tags}")
-TEMPLATE_VERSION = "finerewards-a3-v1"
+TEMPLATE_VERSION = "finerewards-a3-v2"  # v2: the prefill is separated from a layout ending in "ASSISTANT:"
 DIGITS = (1, 2, 3)
 
 
@@ -117,6 +118,14 @@ def chat_text(tokenizer, system: str, user: str) -> tuple[str, bool]:
             except Exception:  # template without a system role
                 continue
     return f"{system} USER: {user} ASSISTANT:", True
+
+
+def assistant_prefill(conversation: str, label: str) -> str:
+    """The start of the assistant's answer, ``"<label>:"``. A conversation that ends without white space (the
+    Vicuna layout ``… ASSISTANT:``) gets one space first, as the model's own answer would start
+    (``ASSISTANT: cat:``, never ``ASSISTANT:cat:``); chat templates end their generation prompt with a newline."""
+    sep = "" if not conversation or conversation[-1].isspace() else " "
+    return f"{sep}{label.strip()}:"
 
 
 def digit_token_ids(tokenizer) -> dict[int, list[int]]:
@@ -233,7 +242,7 @@ class LLMJudge:
     # ------------------------------------------------ logprob mode
     def pair_text(self, label: str, prompt: str) -> tuple[str, bool]:
         text, special = chat_text(self.tokenizer, self.system, user_message(prompt, [label]))
-        return text + f"{label.strip()}:", special
+        return text + assistant_prefill(text, label), special
 
     @torch.no_grad()
     def forward_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Judgement]:

@@ -12,6 +12,11 @@ says ``higher_is_better=False``; everything is computed **within each group**):
 - ``raw``: ``total(k) = Σ_j w_j · v_j(k)`` on oriented raw values (only meaningful when the scales match);
   **highest total wins**; ties → lower index.
 
+Ties are ties of the arithmetic as written, not of floating point: totals are summed exactly (each weight taken
+as the decimal it prints as, e.g. 0.1 = 1/10, ranks and values exactly), so 0.1·3 ties with 0.3·1 although the
+two float products differ in the last bit; z-score sums (irrational in general) count as tied when they differ
+by at most 1e-9 relative to their scale.
+
 Groups: ``group_size=N`` makes images ``0..N-1`` group 0, ``N..2N-1`` group 1, … (one prompt per group, the
 layout of a batch of several prompts × N samples); ``group_size=0`` uses the rewards' own ``group`` ids when
 they carry them, else one group. Each group is ranked on its own; ``order`` lists the groups in order, each
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -137,6 +143,45 @@ def zscores(oriented: np.ndarray) -> np.ndarray:
     return (oriented - oriented.mean()) / sd
 
 
+ZSUM_TIE = 1e-9  # z-score sums this close (relative to their scale) are tied
+
+
+def exact_weighted_sums(weights: list[float], values: np.ndarray) -> list[Fraction]:
+    """Σ_j w_j · values[j, k] for each k, exactly: weights as the decimals they print as (``str(0.1)`` → 1/10),
+    values as the exact binary numbers they are (ranks are halves, so exact either way)."""
+    w = [Fraction(str(x)) for x in weights]
+    cols = [[Fraction(float(v)) for v in row] for row in values]
+    return [sum((wj * col[k] for wj, col in zip(w, cols)), Fraction(0)) for k in range(values.shape[1])]
+
+
+def _tied_runs(order: list[int], same) -> list[list[int]]:
+    """Split ``order`` into runs of neighbours for which ``same(prev, cur)`` holds."""
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and same(runs[-1][-1], i):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def order_group(idx: list[int], totals: list[Fraction], lower_wins: bool, zsum: np.ndarray | None,
+                z_tol: float) -> list[int]:
+    """Best-first order of one group: by the exact total; ties by the z-score sum (higher first, sums within
+    ``z_tol`` tied) when ``zsum`` is given; remaining ties by the lower index."""
+    sign = 1 if lower_wins else -1
+    order = sorted(idx, key=lambda i: (sign * totals[i], i))
+    out: list[int] = []
+    for run in _tied_runs(order, lambda a, b: totals[a] == totals[b]):
+        if zsum is None or len(run) == 1:
+            out += run
+            continue
+        by_z = sorted(run, key=lambda i: (-zsum[i], i))
+        for tie in _tied_runs(by_z, lambda a, b: zsum[a] - zsum[b] <= z_tol):
+            out += sorted(tie)
+    return out
+
+
 def _groups(scores: list[RewardScores], n: int, group_size: int) -> list[int]:
     if group_size and group_size > 0:
         if n % group_size:
@@ -196,20 +241,21 @@ def assemble_rank(scores: list[RewardScores], weights: list[float] | None = None
             ranks[j, idx] = average_ranks(oriented[j, idx])
             z[j, idx] = zscores(oriented[j, idx])
     zsum = (wv[:, None] * z).sum(0)
+    z_tol = ZSUM_TIE * max(1.0, float((wv[:, None] * np.abs(z)).sum(0).max(initial=0.0)))
     if mode == "rank_sum":
-        totals = (wv[:, None] * ranks).sum(0)
-        key = lambda i: (group[i], totals[i], -zsum[i], i)  # noqa: E731
-    elif mode == "zscore":
-        totals = zsum.copy()
-        key = lambda i: (group[i], -totals[i], i)  # noqa: E731
-    else:
-        totals = (wv[:, None] * oriented).sum(0)
-        key = lambda i: (group[i], -totals[i], i)  # noqa: E731
-    # groups in order of first appearance
-    first = {}
-    for i, g in enumerate(group):
-        first.setdefault(g, i)
-    order = sorted(range(n), key=lambda i: (first[group[i]],) + key(i)[1:])
+        exact = exact_weighted_sums(weights, ranks)
+        tie_z = zsum
+    elif mode == "raw":
+        exact = exact_weighted_sums(weights, oriented)
+        tie_z = None
+    else:  # zscore: the total is the z-score sum itself; near-equal sums are tied, then the index decides
+        exact = [Fraction(0)] * n
+        tie_z = zsum
+    totals = [float(t) for t in exact] if mode != "zscore" else [float(v) for v in zsum]
+    order = []
+    for g in dict.fromkeys(group):  # groups in order of first appearance
+        idx = [i for i in range(n) if group[i] == g]
+        order += order_group(idx, exact, mode == "rank_sum", tie_z, z_tol)
     position = [0] * n
     counter: dict[int, int] = {}
     for i in order:

@@ -61,6 +61,11 @@ def json_safe(obj):
     return str(obj)
 
 
+def compact_details(details: dict | None) -> dict:
+    """Per-image details without their bulk: arrays and tensors (heatmaps) become ``{shape, min, max, mean}``."""
+    return {k: (json_safe(v) if hasattr(v, "shape") else v) for k, v in (details or {}).items()}
+
+
 def dumps(obj, indent: int | None = 2) -> str:
     """Strict JSON (never NaN / Infinity) of any report object."""
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False, ensure_ascii=False)

@@ -123,7 +123,7 @@ def table_text(details: Sequence[dict]) -> str:
 class SamLlmResult:
     weighted: RewardScores
     unweighted: RewardScores
-    heatmaps: list[torch.Tensor]          # one [H,W] per image
+    heatmaps: list[torch.Tensor]          # one [H,W] per image (empty when not asked for)
     segments: list[Segments]
     table: str
     details: list[dict] = field(default_factory=list)
@@ -138,11 +138,33 @@ class SamLlmResult:
         return json.dumps(self.details, indent=1)
 
 
+JUDGE_MODES = ("logprob", "paper", "semantic")
+
+
+def make_judge(mode: str, llm: ModelHandle | None = None, text_encoder: ModelHandle | None = None,
+               batch_size: int = 64):
+    """The judge for ``mode``: the LLM judge (``logprob`` / ``paper``, needs ``llm``) or the semantic-similarity
+    judge (``semantic``, needs ``text_encoder``: the caption reward's MiniLM or CLIP text encoder)."""
+    if mode not in JUDGE_MODES:
+        raise ValueError(f"Unknown judge mode {mode!r}: use {', '.join(JUDGE_MODES)}.")
+    if mode == "semantic":
+        if text_encoder is None:
+            raise ValueError("The semantic judge needs a text encoder: connect a RewardLoop Text Encoder Loader "
+                             "(all-MiniLM-L6-v2 or a CLIP model), or pick judge mode logprob/paper with an LLM.")
+        from .semantic_judge import SemanticJudge
+        return SemanticJudge(text_encoder)
+    if llm is None:
+        raise ValueError(f"Judge mode {mode!r} needs an LLM: connect a RewardLoop LLM loader, or pick judge mode "
+                         "semantic with a text encoder.")
+    return LLMJudge(llm, mode=mode, batch_size=batch_size)
+
+
 class SamLlmReward:
     """The reward from loaded handles (SAM, CLIP or captioner, LLM) and options; ``score(images, prompts)``."""
 
-    def __init__(self, sam: ModelHandle, llm: ModelHandle, clip: ModelHandle | None = None,
+    def __init__(self, sam: ModelHandle, llm: ModelHandle | None, clip: ModelHandle | None = None,
                  captioner: ModelHandle | None = None, *, label_mode: str | None = None, judge_mode: str = "logprob",
+                 text_encoder: ModelHandle | None = None,
                  segment: SegmentOptions | None = None, on_empty: str = "whole_image",
                  extra_vocabulary: Sequence[str] = (), general_vocabulary: bool = True, batch_size: int = 64,
                  keep_loaded: bool = True, **segment_kw):
@@ -153,7 +175,8 @@ class SamLlmReward:
             raise ValueError(f"on_empty must be 'whole_image' or 'neutral', got {on_empty!r}.")
         self.on_empty = on_empty
         self.segment_options = (segment or segment_options(**segment_kw)).validated()
-        self.judge = LLMJudge(llm, mode=judge_mode, batch_size=batch_size)
+        self.text_encoder = text_encoder
+        self.judge = make_judge(judge_mode, llm=llm, text_encoder=text_encoder, batch_size=batch_size)
         self.extra_vocabulary = list(extra_vocabulary)
         self.general_vocabulary = general_vocabulary
         self.keep_loaded = keep_loaded
@@ -166,7 +189,10 @@ class SamLlmReward:
         finally:
             bridge.offload(sam, self.keep_loaded)
 
-    def score(self, images, prompts, segments: Sequence[Segments] | None = None) -> SamLlmResult:
+    def score(self, images, prompts, segments: Sequence[Segments] | None = None,
+              heatmaps: bool = True) -> SamLlmResult:
+        """The reward of each image; ``heatmaps=False`` skips painting the unlikely-content maps (the scorer
+        interface, used for ranking, needs only the numbers)."""
         pils = as_pil_list(images)
         if not pils:
             raise ValueError("No images to score.")
@@ -195,7 +221,8 @@ class SamLlmReward:
             ru = reward_from_scores(s.values)
             w_vals.append(rw)
             u_vals.append(ru)
-            heats.append(unlikely_heatmap(s.masks, s.values, tuple(s.image_size)))
+            if heatmaps:
+                heats.append(unlikely_heatmap(s.masks, s.values, tuple(s.image_size)))
             details.append({"sam_llm": rw, "sam_llm_mean": ru, "n_segments": 0 if fallback[i] else len(s),
                             "fallback": fallback[i], "prompt": prompts[i], "judge_mode": self.judge.mode,
                             "label_mode": self.label_mode, "segments": segment_table(s, js)})
@@ -204,30 +231,50 @@ class SamLlmReward:
         return SamLlmResult(weighted, unweighted, heats, segs, table_text(details), details)
 
     def __call__(self, images, prompts) -> list[RewardScores]:
-        r = self.score(images, prompts)
+        r = self.score(images, prompts, heatmaps=False)
         return [r.weighted, r.unweighted]
 
     def __repr__(self) -> str:
         labeller = self.clip or self.captioner
-        return f"<scorer sam_llm ({self.sam.name}, {labeller.name if labeller else 'no labeller'}, {self.llm.name})>"
+        judge = self.text_encoder if self.judge.mode == "semantic" else self.llm
+        return (f"<scorer sam_llm ({self.sam.name}, {labeller.name if labeller else 'no labeller'}, "
+                f"{self.judge.mode} judge {judge.name if judge is not None else '?'})>")
 
 
 # ---------------------------------------------------------------- registry entry
-DEFAULT_MODELS = {"sam": "sam-vit-b", "clip": "clip-vit-large-patch14", "llm": "SmolLM2-135M-Instruct"}
+DEFAULT_MODELS = {"sam": "sam-vit-b", "clip": "clip-vit-large-patch14", "llm": "SmolLM2-135M-Instruct",
+                  "text_encoder": "all-MiniLM-L6-v2"}
+# the light profile's judge: the best of the judges that run offline on the shipped graded set
+# (benchmarks/llm_judge_quality.py; the README's table)
+DEFAULT_JUDGE = "semantic"
+
+
+def _flag(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(v).strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"Expected true or false, got {v!r}.")
+
+
 OPTION_KEYS = {"points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float,
                "stability_score_thresh": float, "stability_score_offset": float, "box_nms_thresh": float,
                "min_area": int, "max_segments": int, "backend": str, "label_mode": str, "judge_mode": str,
-               "on_empty": str, "batch_size": int}
+               "on_empty": str, "batch_size": int, "encoder_batch": int, "upsample_mb": int, "lowres_mb": int,
+               "exact_selection": _flag}
 
 
-MODEL_ROLES = {"sam": "sams", "clip": "clip", "llm": "LLM", "captioner": "blip"}  # role -> model folder
+MODEL_ROLES = {"sam": "sams", "clip": "clip", "llm": "LLM", "captioner": "blip",
+               "text_encoder": "clip"}  # role -> model folder
 
 
 def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str], dict]:
     """Split ``models`` into the model each role loads (defaults filled in) and typed options, checking both
     (unknown roles, option values of the wrong type or out of range) without loading anything."""
     from ..errors import UserError
-    kinds = {int: "a whole number", float: "a number", str: "text"}
+    kinds = {int: "a whole number", float: "a number", str: "text", _flag: "true or false"}
     models, options = dict(models or {}), {}
     for key in list(models):
         if key in OPTION_KEYS:
@@ -238,9 +285,11 @@ def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str],
                 raise UserError(f"sam_llm option {key}={raw!r}: expected {kinds[OPTION_KEYS[key]]}.") from None
     unknown = set(models) - set(MODEL_ROLES)
     if unknown:
-        raise UserError(f"sam_llm has no model role {sorted(unknown)}: use sam, clip, llm, captioner "
+        raise UserError(f"sam_llm has no model role {sorted(unknown)}: use sam, clip, llm, text_encoder, captioner "
                         f"(or options {', '.join(sorted(OPTION_KEYS))}).")
-    for key, allowed in (("judge_mode", ("logprob", "paper")), ("on_empty", ("whole_image", "neutral")),
+    # a named LLM means its judge; otherwise the light default
+    options.setdefault("judge_mode", "logprob" if "llm" in models else DEFAULT_JUDGE)
+    for key, allowed in (("judge_mode", JUDGE_MODES), ("on_empty", ("whole_image", "neutral")),
                          ("label_mode", ("clip", "caption"))):
         if key in options and options[key] not in allowed:
             raise UserError(f"sam_llm option {key}={options[key]!r}: use {' or '.join(allowed)}.")
@@ -254,7 +303,11 @@ def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str],
                                                      else "clip")
     if label_mode == "caption" and "captioner" not in models:
         raise UserError("sam_llm label_mode=caption needs a captioner: add sam_llm.captioner=MODEL.")
-    need = {"sam": models.get("sam", DEFAULT_MODELS["sam"]), "llm": models.get("llm", DEFAULT_MODELS["llm"])}
+    need = {"sam": models.get("sam", DEFAULT_MODELS["sam"])}
+    if options["judge_mode"] == "semantic":
+        need["text_encoder"] = models.get("text_encoder", DEFAULT_MODELS["text_encoder"])
+    else:
+        need["llm"] = models.get("llm", DEFAULT_MODELS["llm"])
     if label_mode == "clip":
         need["clip"] = models.get("clip", DEFAULT_MODELS["clip"])
     if "captioner" in models:
@@ -265,15 +318,22 @@ def needed_models(models: dict[str, str] | None = None) -> tuple[dict[str, str],
 
 def make_scorer(models: dict[str, str] | None = None, device=None, dtype=None, **options) -> SamLlmReward:
     """Registry factory. Roles: ``sam`` (default sam-vit-b), ``clip`` (default clip-vit-large-patch14),
-    ``llm`` (default SmolLM2-135M-Instruct), optional ``captioner`` (labels by captioning the crops; then CLIP
-    is not loaded unless given). Option names (``points_per_side``, ``judge_mode``, ``on_empty``, …) may also be
-    passed inside ``models`` (the CLI's ``--model points_per_side=8``); they are converted to their types."""
+    ``llm`` (default SmolLM2-135M-Instruct; loaded only for judge modes logprob/paper), ``text_encoder`` (default
+    all-MiniLM-L6-v2; loaded only for the semantic judge), optional ``captioner`` (labels by captioning the crops;
+    then CLIP is not loaded unless given). Judge: ``judge_mode`` when given; else ``logprob`` when an ``llm`` is
+    named, else :data:`DEFAULT_JUDGE`. Option names (``points_per_side``,
+    ``judge_mode``, ``on_empty``, …) may also be passed inside ``models`` (the CLI's ``--model
+    points_per_side=8``); they are converted to their types."""
     from ..weights.loaders import load_captioner, load_clip, load_llm, load_sam
     need, from_models = needed_models(models)
     for key, value in from_models.items():
         options.setdefault(key, value)
     sam = load_sam(need["sam"], dtype=None, device=device)
-    llm = load_llm(need["llm"], dtype=dtype, device=device)
+    llm = load_llm(need["llm"], dtype=dtype, device=device) if "llm" in need else None
+    text_encoder = None
+    if "text_encoder" in need:
+        from .similarity import load_text_encoder
+        text_encoder = load_text_encoder(need["text_encoder"], dtype=dtype, device=device)
     clip = load_clip(need["clip"], dtype=dtype, device=device) if "clip" in need else None
     captioner = load_captioner(need["captioner"], dtype=dtype, device=device) if "captioner" in need else None
-    return SamLlmReward(sam, llm, clip, captioner, **options)
+    return SamLlmReward(sam, llm, clip, captioner, text_encoder=text_encoder, **options)

@@ -67,7 +67,8 @@ class FunctionScorer:
 
 
 # the model roles each built-in reward takes; an unscoped ROLE=… goes only to the rewards that take ROLE
-REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm"},
+# (sam_llm's semantic judge shares the caption reward's text encoder)
+REWARD_ROLES: dict[str, set[str]] = {"caption": {"captioner", "text_encoder"}, "sam_llm": {"sam", "clip", "llm", "text_encoder"},
                                      "rich": {"rich_feedback"}, "pickscore": {"pickscore"},
                                      "hps": {"hps", "clip_tokenizer"},
                                      "image_reward": {"image_reward", "bert_tokenizer"},

@@ -65,7 +65,10 @@ def test_presets_map_to_in_graph_switches():
 
 # ---------------------------------------------------------------------------------------------- real ComfyUI
 def _run_checks(tmp: Path, *extra: str) -> dict:
-    """tests/comfyui_graph_checks.py with ComfyUI's Python on tiny-sd15-single; its JSON."""
+    """tests/comfyui_graph_checks.py with ComfyUI's Python on tiny-sd15-single; its JSON.
+
+    Callers request the session ``comfy`` fixture first: it installs the pack into ComfyUI's Python the
+    ComfyUI-Manager way (install.py), which is what puts the pack's requirements (opencv, matplotlib, …) there."""
     comfy = os.environ.get("COMFYUI_PATH")
     if not comfy:
         pytest.skip("COMFYUI_PATH is not set: run `bash .ci/run` or set COMFYUI_PATH and COMFYUI_PYTHON")
@@ -86,7 +89,7 @@ def _run_checks(tmp: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def graph_checks(tmp_path_factory):
+def graph_checks(tmp_path_factory, comfy):
     res = _run_checks(tmp_path_factory.mktemp("graph_checks"))
     return {k: {kk: (np.asarray(vv, dtype=np.float64) if isinstance(vv, list) else vv) for kk, vv in v.items()}
             for k, v in res.items()}
@@ -94,7 +97,7 @@ def graph_checks(tmp_path_factory):
 
 @pytest.mark.realhost
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_lora_and_leaves_the_model_untouched(tmp_path):
+def test_interrupted_run_resumes_to_the_same_lora_and_leaves_the_model_untouched(tmp_path, comfy):
     r = _run_checks(tmp_path, "resume")
     assert r["interrupted"] and r["checkpoints"] == ["ingraph_step_0000002.pt"], r["checkpoints"]
     assert r["resumed_steps"] == 3 and len(r["losses_resumed"]) == 3

@@ -42,6 +42,58 @@ def test_rank_sum_total_tie_broken_by_zscore_sum_then_index():
     assert s.zsum == pytest.approx([0, 0, 0], abs=1e-12) and s.order == [0, 1, 2]
 
 
+def _documented_order(values, weights):
+    """The documented rank_sum rule in exact decimal arithmetic (50 digits), independent of the library."""
+    from decimal import Decimal, localcontext
+    with localcontext() as ctx:
+        ctx.prec = 50
+        n = len(values[0])
+        w = [Decimal(str(x)) for x in weights]
+        total = [Decimal(0)] * n
+        zsum = [Decimal(0)] * n
+        for wj, col in zip(w, values):
+            col = [Decimal(v) for v in col]
+            mean = sum(col) / n
+            sd = (sum((v - mean) ** 2 for v in col) / n).sqrt()
+            for k, v in enumerate(col):
+                rank = sum(1 for u in col if u > v) + Decimal(sum(1 for u in col if u == v) - 1) / 2
+                total[k] += wj * rank
+                zsum[k] += wj * ((v - mean) / sd if sd else 0)
+        return sorted(range(n), key=lambda k: (total[k], -zsum[k].quantize(Decimal("1e-30")), k))
+
+
+def test_rank_sum_ties_follow_the_documented_rule_not_the_last_bit():
+    """10,000 random batches, weights 0.1/0.2/0.3, small integer scores (many ties): the order is the documented
+    rule (lowest exact total, then higher z-score sum, then lower index), checked in exact decimal arithmetic."""
+    import random
+
+    import numpy as np
+    rng = random.Random(0)
+    weights = [0.1, 0.2, 0.3]
+    float_rule_wrong = 0
+    for _ in range(10_000):
+        n = rng.randint(2, 8)
+        values = [[rng.randint(0, 3) for _ in range(n)] for _ in weights]
+        want = _documented_order(values, weights)
+        r = assemble_rank([R(f"r{j}", v) for j, v in enumerate(values)], weights)
+        assert r.order == want, (values, r.order, want)
+        # the plain float sum (the old code) disagrees in some of these cases: the test exercises last-bit ties
+        ranks = np.array([average_ranks(np.array(v, dtype=float)) for v in values])
+        tot = (np.array(weights)[:, None] * ranks).sum(0)
+        float_rule_wrong += sorted(range(n), key=lambda i: (tot[i], -r.zsum[i], i)) != want
+    assert float_rule_wrong > 100
+
+
+def test_exact_totals_tie_decimal_weights():
+    # image 0: ranks (3, 0) → 0.1·3 = 0.30000000000000004 in floats; image 1: ranks (0, 1) → 0.3·1 = 0.3
+    r = assemble_rank([R("a", [0, 10, 2, 1]), R("b", [3, 2, 1, 0])], [0.1, 0.3])
+    assert r.totals[0] == r.totals[1] == 0.3               # tied as written (exact sums, then rounded)
+    assert r.zsum[0] > r.zsum[1]                           # z-sums (hand): 0.3205 vs 0.3046
+    assert r.order[:2] == [0, 1]                           # the float sums would have put image 1 first
+    raw = assemble_rank([R("a", [1.0, 0.0]), R("b", [1.0, 0.0]), R("c", [0.0, 1.0])], [0.1, 0.2, 0.3], "raw")
+    assert raw.totals[0] == raw.totals[1] and raw.order == [0, 1]   # 0.1 + 0.2 vs 0.3: tied → lower index
+
+
 def test_one_reward_and_reversed_direction():
     assert assemble_rank([R("a", [0.2, 0.9, 0.5])]).order == [1, 2, 0]
     low = assemble_rank([R("err", [0.2, 0.9, 0.5], hib=False)])
@@ -239,7 +291,9 @@ def test_rank_cli_splits_model_roles_between_rewards():
               "sam_llm.captioner": "c2", "points_per_side": "8"}
     # a plain option goes only to the rewards that take it (points_per_side: sam_llm's), like a plain role
     assert models_for("caption", models) == {"captioner": "c", "text_encoder": "t"}
-    assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "captioner": "c2", "points_per_side": "8"}
+    # the semantic judge of sam_llm shares the caption reward's text encoder
+    assert models_for("sam_llm", models) == {"sam": "s", "llm": "l", "text_encoder": "t", "captioner": "c2",
+                                             "points_per_side": "8"}
     assert models_for("rich", models) == {"rich_feedback": "r"}
     assert models_for("custom", {"captioner": "c", "anything": "x"}) == {"captioner": "c", "anything": "x"}
 

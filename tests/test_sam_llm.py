@@ -132,6 +132,25 @@ def test_prefix_cache_forward_equals_plain_forward(models):
         assert max(abs(x - y) for x, y in zip(a.probs, b.probs)) < 1e-5
 
 
+def test_prefill_is_separated_from_the_assistant_tag(models):
+    import copy
+
+    def judge_with(template):
+        tok = copy.deepcopy(models["llm"].processor)
+        tok.chat_template = template
+        return LLMJudge(type(models["llm"])(**{**models["llm"].__dict__, "processor": tok}), cache=JudgeCache())
+
+    # the Vicuna layout (no chat template) and the tiny LLM's Vicuna-style template both end in "ASSISTANT:"
+    for judge in (judge_with(None), LLMJudge(models["llm"], cache=JudgeCache())):
+        text, _ = judge.pair_text(" cat ", "a cat on a bench")
+        assert text.endswith("ASSISTANT: cat:") and "ASSISTANT:cat" not in text
+    # a template whose generation prompt ends with a newline: the label follows it directly
+    judge = judge_with("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    text, _ = judge.pair_text("cat", "a cat on a bench")
+    assert text.endswith("<|assistant|>\ncat:")
+
+
 def test_cache_hit_on_repeated_labels(models, monkeypatch):
     cache = JudgeCache()
     judge = LLMJudge(models["llm"], cache=cache)
@@ -196,6 +215,70 @@ def test_segment_filters_and_empty(models, image_batch):
     assert [len(s) for s in split_segments(both, 2)] == [len(s) for s in limited]
     with pytest.raises(ValueError, match="points_per_side"):
         segment_images(models["sam"], img, points_per_side=0)
+
+
+def test_bounded_segmentation_gives_the_unbounded_winners(models, image_batch, monkeypatch):
+    """Winners kept as low-res logits, let go and recomputed, or kept at full resolution: the same masks."""
+    from rewardloop.rewards import segments as S
+    img = image_batch(1, 40, 56)
+    everything = segment_images(models["sam"], img, **LOOSE, max_segments=0, box_nms_thresh=1.0)[0]
+    assert len(everything) == 48
+    top = segment_images(models["sam"], img, **LOOSE, max_segments=5, box_nms_thresh=1.0)[0]
+    exact = segment_images(models["sam"], img, **LOOSE, max_segments=5, box_nms_thresh=1.0, exact_selection=True,
+                           upsample_mb=1)[0]
+    # a store that keeps nothing: every winner is recomputed from its decoder batch
+    monkeypatch.setattr(S, "_LowResStore", lambda max_bytes, real=S._LowResStore: real(0))
+    calls = []
+    decode = S._decode
+    monkeypatch.setattr(S, "_decode", lambda *a: calls.append(1) or decode(*a))
+    recomputed = segment_images(models["sam"], img, **LOOSE, max_segments=5, box_nms_thresh=1.0,
+                                points_per_batch=3, upsample_mb=1)[0]
+    assert len(calls) > 16 / 3 + 1                            # 6 decoder batches, then the winners' again
+    for seg in (top, exact, recomputed):
+        assert len(seg) == 5
+        assert torch.equal(seg.masks, everything.masks[:5])
+        assert torch.equal(seg.areas, everything.areas[:5]) and torch.equal(seg.areas, seg.masks.sum(dim=(1, 2)))
+        assert torch.allclose(seg.scores, everything.scores[:5])
+
+
+def test_low_res_selection_measures_like_the_full_resolution_one(models):
+    """Stability, boxes and areas measured on the decoder's grid approximate the full-resolution numbers (smooth
+    logits, as a trained SAM gives: discs of several sizes on the 64×64 grid of the tiny SAM, 96×128 image)."""
+    from rewardloop.rewards import segments as S
+    sam = models["sam"].model
+    size, input_size = (96, 128), (192, 256)                 # the tiny SAM resizes the long side to 256
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    discs = [(10, 20, 6), (30, 40, 12), (24, 8, 4), (40, 50, 9), (20, 32, 15)]   # (row, col, radius) in cells
+    low_res = torch.stack([(r - ((yy - y) ** 2 + (xx - x) ** 2).sqrt()) * 2.0 for y, x, r in discs])
+    thr = float(sam.mask_threshold)
+    lo = S._measure(sam, low_res, input_size, size, thr, S.SegmentOptions())
+    hi = S._measure(sam, low_res, input_size, size, thr, S.SegmentOptions(exact_selection=True))
+    assert (lo[0] - hi[0]).abs().max() < 0.05                 # stability
+    assert (lo[1] - hi[1]).abs().max() <= 2.0                 # boxes: within a cell (2 original pixels here)
+    assert ((lo[2] - hi[2]).abs() / hi[2]).max() < 0.15       # areas (a 4-cell disc: 13 %)
+
+
+def test_low_res_store_keeps_the_best_within_its_budget():
+    from rewardloop.rewards.segments import _LowResStore
+    one = torch.zeros(4, 4)                      # 64 bytes
+    store = _LowResStore(3 * 64)
+    for order, (iou, stab) in enumerate([(0.5, 0.9), (0.9, 0.1), (0.1, 1.0), (0.9, 0.2), (0.7, 0.0)]):
+        store.add(order, iou, stab, one + order)
+    assert sorted(store.logits) == [1, 3, 4] and store.bytes == 3 * 64
+    assert torch.equal(store.logits[3], one + 3)
+
+
+def test_encoder_batches_give_the_same_segments(models, image_batch):
+    from rewardloop.rewards.segments import encoder_batch_size
+    imgs = image_batch(3, 40, 56)
+    one = segment_images(models["sam"], imgs, **LOOSE, encoder_batch=1)
+    together = segment_images(models["sam"], imgs, **LOOSE, encoder_batch=3)
+    assert [len(s) for s in one] == [len(s) for s in together]
+    for a, b in zip(one, together):
+        inter = (a.masks & b.masks).sum().item()
+        assert inter / max((a.masks | b.masks).sum().item(), 1) > 0.99
+        assert torch.allclose(a.scores, b.scores, atol=1e-4)
+    assert encoder_batch_size(models["sam"].model) > 1          # a tiny encoder fits many images per forward
 
 
 # ---------------------------------------------------------------- labels
@@ -310,6 +393,16 @@ def test_nodes_run_on_comfy_tensors(tiny, image_batch):
         scorer = N["RewardLoopSamLlmScorer"]().make(sam, llm, "logprob", "neutral", 4, clip=clip)[0]
         assert scorer.names == ["sam_llm", "sam_llm_mean"]
         assert scorer(image_to_pil(img), ["a cat", "a cat"])[0].values == [0.0, 0.0]
+        # the semantic judge: a text encoder instead of the LLM
+        from rewardloop.nodes.caption import NODE_CLASS_MAPPINGS as C
+        enc = C["RewardLoopTextEncoderLoader"]().load(tiny("tiny-minilm"), "fp32", "cpu")[0]
+        sem = N["RewardLoopSamLlmReward"]().score(sam, None, img, "a cat", "semantic", segments=labelled,
+                                                  text_encoder=enc)
+        assert json.loads(sem[4])[0]["judge_mode"] == "semantic" and len(sem[0].values) == 2
+        with pytest.raises(ValueError, match="text encoder"):
+            N["RewardLoopSamLlmScorer"]().make(sam, llm, "semantic", clip=clip)
+        with pytest.raises(ValueError, match="needs an LLM"):
+            N["RewardLoopSamLlmScorer"]().make(sam, None, "logprob", clip=clip)
 
 
 def test_cli_score_and_judge(tiny, tmp_path, capsys, image_batch):

@@ -41,8 +41,9 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from .. import bridge
+from .. import bridge, distributed
 from ..fileio import atomic_save, atomic_write_text, check_finite
+from ..rewards.report import compact_details
 from ..rewards.types import RewardScores
 from . import run_folder
 
@@ -514,6 +515,8 @@ class RankedTrainer:
                 "weights": self.weights, "rounds": [], "eval": None, "final_lora": None}
 
     def _write_state(self) -> None:
+        if not distributed.is_main():
+            return
         atomic_write_text(self.state_path, json.dumps(self.state, indent=1))
 
     def _round_record(self, r: int) -> dict | None:
@@ -574,18 +577,29 @@ class RankedTrainer:
                 bridge.offload(m)
 
     # ---------------------------------------------------------------- phases
+    def _jobs(self, round_index: int) -> list[tuple[int, int, int]]:
+        return [(p, j, candidate_seed(self.cfg.seed, round_index, p, j, self.cfg.k))
+                for p in range(len(self.prompts)) for j in range(self.cfg.k)]
+
+    def _batches(self, n_jobs: int) -> list[int]:
+        """Start of every generation batch this process makes (all of them with one process; under ``torchrun``
+        every ``world``-th one, so each batch — and so each image — is made exactly as one process makes it)."""
+        return distributed.shard(list(range(0, n_jobs, self.cfg.gen_batch)))
+
     def generate(self, round_index: int) -> tuple[list[Image.Image], list[int], list[int], list[int]]:
-        """All candidates of a round: images, prompt index, candidate index and seed of each."""
+        """This process's candidates of a round (all of them with one process): images, prompt index, candidate
+        index and seed of each, batch by batch in job order."""
         comps = self._ensure_components()
         if self.cfg.offload:
             _offload_scorers(self.scorers)
         self._sd_to_device()
-        jobs = [(p, j, candidate_seed(self.cfg.seed, round_index, p, j, self.cfg.k))
-                for p in range(len(self.prompts)) for j in range(self.cfg.k)]
+        jobs = self._jobs(round_index)
+        mine = [jobs[i] for start in self._batches(len(jobs)) for i in range(start, min(start + self.cfg.gen_batch,
+                                                                                         len(jobs)))]
         res = self.train_cfg.resolution
         images: list[Image.Image] = []
-        for start in range(0, len(jobs), self.cfg.gen_batch):
-            chunk = jobs[start:start + self.cfg.gen_batch]
+        for start in range(0, len(mine), self.cfg.gen_batch):
+            chunk = mine[start:start + self.cfg.gen_batch]
             bridge.check_interrupt()
             out = generate_batch(comps, [self.prompts[p] for p, _, _ in chunk], [s for _, _, s in chunk],
                                  steps=self.cfg.gen_steps, cfg=self.cfg.cfg, width=self.cfg.width or res,
@@ -594,25 +608,31 @@ class RankedTrainer:
                 raise RuntimeError(f"The generator returned {len(out)} images for {len(chunk)} prompts.")
             images += [im.convert("RGB") for im in out]
             self._tick(len(chunk))
-        return images, [p for p, _, _ in jobs], [j for _, j, _ in jobs], [s for _, _, s in jobs]
+        return images, [p for p, _, _ in mine], [j for _, j, _ in mine], [s for _, _, s in mine]
 
     def score(self, images: list[Image.Image], prompt_idx: list[int]) -> list[RewardScores]:
+        """Scores of ``images``, one scorer call per generation batch (the same calls whichever process makes
+        the batch, so several processes score exactly as one)."""
         self._sd_offload()
         prompts = [self.prompts[p] for p in prompt_idx]
-        scores: list[RewardScores] = []
-        for scorer in self.scorers:
-            bridge.check_interrupt()
-            got = list(scorer(images, prompts))
-            if [s.name for s in got] != list(scorer.names):
-                raise RuntimeError(f"Scorer {scorer!r} returned {[s.name for s in got]}, expected {scorer.names}.")
-            for s in got:
-                if len(s) != len(images):
-                    raise RuntimeError(f"Reward {s.name!r} returned {len(s)} scores for {len(images)} images.")
-            scores += got
+        parts = []
+        for start in range(0, len(images), self.cfg.gen_batch):
+            ims, ps = images[start:start + self.cfg.gen_batch], prompts[start:start + self.cfg.gen_batch]
+            got_all: list[RewardScores] = []
+            for scorer in self.scorers:
+                bridge.check_interrupt()
+                got = list(scorer(ims, ps))
+                if [s.name for s in got] != list(scorer.names):
+                    raise RuntimeError(f"Scorer {scorer!r} returned {[s.name for s in got]}, expected {scorer.names}.")
+                for s in got:
+                    if len(s) != len(ims):
+                        raise RuntimeError(f"Reward {s.name!r} returned {len(s)} scores for {len(ims)} images.")
+                got_all += got
+            parts.append(got_all)
         if self.cfg.offload:
             _offload_scorers(self.scorers)
         self._tick(len(images))
-        return scores
+        return [RewardScores.concat([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []
 
     def _means(self, scores: list[RewardScores], idx: Sequence[int] | None = None) -> dict[str, float]:
         out = {}
@@ -647,7 +667,11 @@ class RankedTrainer:
         atomic_write_text(path, _csv_text(header, rows))
 
     def _sample_and_select(self, r: int, label: str, top: int) -> dict:
-        """Generate + score + select for round ``r`` (or the eval pass); write kept images and the scores CSV."""
+        """Generate + score + select for round ``r`` (or the eval pass); write kept images and the scores CSV.
+
+        Under ``torchrun`` / ``accelerate launch`` each process generates and scores its share of the batches;
+        the scores are gathered, every process makes the same selection, each saves the kept images it made, and
+        process 0 writes the tables."""
         d = self.run_dir / label
         self._ensure_components()  # loading the base is not part of the generation time
         t0 = time.perf_counter()
@@ -655,22 +679,36 @@ class RankedTrainer:
         t1 = time.perf_counter()
         scores = self.score(images, prompt_idx)
         t2 = time.perf_counter()
+        jobs = self._jobs(r)
+        mine = [i for start in self._batches(len(jobs)) for i in range(start, min(start + self.cfg.gen_batch,
+                                                                                   len(jobs)))]
+        own = dict(zip(mine, images))                          # job index -> the image this process made
+        if distributed.world_size() > 1:
+            got = distributed.gather({i: [(s.values[k], compact_details(s.details[k] if s.details else {}))
+                                          for s in scores] for k, i in enumerate(mine)})
+            scores = [RewardScores(s.name, [got[i][n][0] for i in range(len(jobs))], s.higher_is_better,
+                                   s.value_range, [got[i][n][1] for i in range(len(jobs))])
+                      for n, s in enumerate(scores)]
+            prompt_idx, cand_idx, seeds = [p for p, _, _ in jobs], [j for _, j, _ in jobs], [x for _, _, x in jobs]
         orders = select_per_prompt(scores, prompt_idx, top, self.weights, self.cfg.mode)
         kept = sorted(i for order in orders.values() for i in order[:top])
         files: dict[int, str] = {}
         for i in kept:
             rel = f"{label}/kept/p{prompt_idx[i]:04d}_c{cand_idx[i]:03d}.png"
-            _save_png(self.run_dir / rel, images[i])
+            if i in own:
+                _save_png(self.run_dir / rel, own[i])
             files[i] = rel
         if self.cfg.save_candidates:
-            for i, im in enumerate(images):
+            for i, im in own.items():
                 _save_png(d / "candidates" / f"p{prompt_idx[i]:04d}_c{cand_idx[i]:03d}.png", im)
-        self._scores_csv(d / "scores.csv", prompt_idx, cand_idx, seeds, scores, orders, set(kept), files)
+        if distributed.is_main():
+            self._scores_csv(d / "scores.csv", prompt_idx, cand_idx, seeds, scores, orders, set(kept), files)
+        distributed.barrier()                                  # every kept image is on disk for every process
         t3 = time.perf_counter()
         return {"means": self._means(scores), "kept_means": self._means(scores, kept),
                 "kept": [{"file": files[i], "prompt": self.prompts[prompt_idx[i]], "prompt_index": prompt_idx[i],
                           "candidate": cand_idx[i], "seed": seeds[i]} for i in kept],
-                "candidates": len(images),
+                "candidates": len(jobs),
                 "seconds": {"generate": t1 - t0, "score": t2 - t1, "select": t3 - t2}}
 
     def _train_round(self, r: int, rec: dict) -> None:
@@ -693,12 +731,14 @@ class RankedTrainer:
                 "weights": ",".join(f"{w:g}" for w in self.weights), "mode": self.cfg.mode, "k": str(self.cfg.k),
                 "top": str(self.cfg.top), "base": str(self.base_name)}
         rel = f"{rec['label']}/lora.safetensors"
-        self.core.export_lora(comps, self.run_dir / rel, meta, overwrite=True)
         from safetensors.torch import save_file
         adapter = f"{rec['label']}/adapter.safetensors"
         adapter_sd = adapter_state(comps)
         check_finite(adapter_sd, f"the adapter of round {r}")
-        atomic_save(self.run_dir / adapter, lambda tmp: save_file(adapter_sd, tmp))
+        if distributed.is_main():   # every process holds the same adapter (gradients are averaged)
+            self.core.export_lora(comps, self.run_dir / rel, meta, overwrite=True)
+            atomic_save(self.run_dir / adapter, lambda tmp: save_file(adapter_sd, tmp))
+        distributed.barrier()
         rec["lora"], rec["adapter"] = rel, adapter
         rec["meta"] = meta
 
@@ -714,7 +754,7 @@ class RankedTrainer:
         final LoRA."""
         overwrite = self.overwrite if overwrite is None else bool(overwrite)
         with torch.inference_mode(False), torch.enable_grad():  # callable from ComfyUI's inference mode
-            with run_folder.claim(self.run_dir) as claim:
+            with run_folder.claim(self.run_dir, main=distributed.is_main()) as claim:
                 return self._run(final_lora_path, overwrite, claim)
 
     def _run(self, final_lora_path, overwrite: bool, claim) -> RankedResult:
@@ -722,7 +762,9 @@ class RankedTrainer:
         if final is not None and final.exists() and not overwrite and self.state.get("final_lora") != str(final):
             raise FileExistsError(f"{final} already exists: choose another output name or turn on overwrite.")
         if self.overwrite:
-            run_folder.wipe(self.run_dir, RUN_ENTRIES)
+            if distributed.is_main():
+                run_folder.wipe(self.run_dir, RUN_ENTRIES)
+            distributed.barrier()
             self.overwrite = False          # once: a second run() of this trainer continues
         if self.state["rounds"]:
             claim.started()                 # resuming: whatever fails now, the finished rounds stay
@@ -755,7 +797,10 @@ class RankedTrainer:
                     or not final.is_file():
                 meta = dict(self.done_rounds()[-1].get("meta", {}))
                 comps = self._ensure_components()
-                self.core.export_lora(comps, final, meta, overwrite=overwrite or self.state.get("final_lora") == str(final))
+                if distributed.is_main():
+                    self.core.export_lora(comps, final, meta,
+                                          overwrite=overwrite or self.state.get("final_lora") == str(final))
+                distributed.barrier()
                 self.state["final_lora"], self.state["final_after"] = str(final), len(self.done_rounds())
                 self._write_state()
             lora_path = final
@@ -763,6 +808,8 @@ class RankedTrainer:
 
     def _write_tables(self) -> None:
         done = self.done_rounds()
+        if not distributed.is_main():
+            return
         if not done:
             return
         ev = self.state.get("eval") if self._eval_current() else None

@@ -305,15 +305,56 @@ def sam_config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
                 iou_head_hidden_dim=int(iou_hidden))
 
 
+# the largest sizes a segment-anything model has (ViT-H; the tiny test models are far below)
+SAM_LIMITS = {"embed_dim": 1280, "depth": 32, "img_size": 1024, "grid": 64, "out_chans": 256, "decoder_depth": 2,
+              "decoder_mlp_dim": 2048, "mask_in_chans": 16, "iou_head_hidden_dim": 256}
+
+
+def validate_sam_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint") -> dict:
+    """The SAM sizes of ``sd``, checked before anything is allocated: every size within what SAM models use
+    (:data:`SAM_LIMITS`), the checkpoint holding as many bytes as its tensors declare (no zero-stride views of a
+    tiny storage), and exactly the keys and shapes of the model those sizes build (built on the meta device,
+    so the check itself allocates nothing). Raises ``ValueError`` with one line otherwise."""
+    cfg = sam_config_from_state_dict(sd)
+    sizes = dict(cfg, grid=cfg["img_size"] // max(cfg["patch_size"], 1))
+    for key, limit in SAM_LIMITS.items():
+        if sizes[key] > limit:
+            raise ValueError(f"{name} is not a SAM checkpoint this pack can run: {key} {sizes[key]} is larger than "
+                             f"any SAM model's ({limit}).")
+    declared = sum(t.numel() * t.element_size() for t in sd.values() if isinstance(t, torch.Tensor))
+    stored = {}
+    for t in sd.values():
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            stored[st.data_ptr()] = max(stored.get(st.data_ptr(), 0), st.nbytes())
+    if declared > sum(stored.values()) + 4096:
+        raise ValueError(f"{name} declares {declared / 2 ** 20:.1f} MiB of tensors but holds only "
+                         f"{sum(stored.values()) / 2 ** 20:.1f} MiB: not a real SAM checkpoint.")
+    from .tiny import make_sam
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in make_sam(**cfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or extra or wrong:
+        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
+                f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else
+                f"{len(wrong)} of another shape (e.g. {wrong[0]} {got[wrong[0]]}, expected {expected[wrong[0]]})")
+        raise ValueError(f"{name} does not match the SAM architecture its sizes describe: {what} tensor(s).")
+    return cfg
+
+
 def load_sam(name: str, dtype=None, device=None) -> ModelHandle:
-    """A segment-anything checkpoint (``.pth`` or ``.safetensors``), loaded weights-only."""
+    """A segment-anything checkpoint (``.pth`` or ``.safetensors``), loaded weights-only; its architecture is
+    validated against the shapes it declares before the model is allocated (:func:`validate_sam_state_dict`)."""
     r = _resolve(name, "sams")
     dtype, device = _dtype_device(dtype or "fp32", device)
 
     def load():
         from .tiny import make_sam
         sd = load_state_dict(r.path)
-        cfg = sam_config_from_state_dict(sd)
+        cfg = validate_sam_state_dict(sd, r.path.name)
         sam = make_sam(**cfg)
         sam.load_state_dict(sd, strict=True)
         sam = _place(sam.to(dtype=dtype), device)
