@@ -202,7 +202,7 @@ def test_hps_matches_open_clip_tensors_by_hand(built):
 
 def test_hps_key_map_agrees_with_open_clip_itself(built):
     """The same tensors through open_clip's own CLIP (when open-clip-torch is installed, as in the test extras)."""
-    open_clip = pytest.importorskip("open_clip")
+    pytest.importorskip("open_clip")  # Forge's venv has open-clip-torch 2.20 (no __version__): the model API is enough
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from transformers import AutoTokenizer
     ims = _images()
@@ -216,7 +216,6 @@ def test_hps_key_map_agrees_with_open_clip_itself(built):
         oc = (m.encode_image(px, normalize=True) * m.encode_text(ids, normalize=True)).sum(-1)
     np.testing.assert_allclose(oc.numpy(), ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(built["hps"](ims, PROMPTS)[0].values, oc.numpy(), atol=1e-4)
-    assert open_clip.__version__
 
 
 def test_image_reward_matches_blip_tensors_by_hand(built):
