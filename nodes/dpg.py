@@ -86,6 +86,30 @@ def reward_config(scorers, dino_weight: float, every: int, target: str):
     return cfg
 
 
+def reward_inputs() -> dict:
+    """The reward-critic widgets shared by both DPG nodes (optional inputs, in this order)."""
+    return {
+        "reward": (SCORER, {"tooltip": "A reward (Reward Scorer node) steering the LoRA through a learned "
+                            "critic Q(x̂0, t): scored on decoded x̂0 every critic_update_every steps; any "
+                            "reward, differentiable or not. Off when not connected."}),
+        "reward_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                    "tooltip": "λ of that reward (z-scored over the critic's reward cache; "
+                                               "the paper uses 0.1 or 1)."}),
+        "reward_2": (SCORER, {"tooltip": "A second reward, weighted with it (FineRewards' assemble idea)."}),
+        "reward_2_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                      "tooltip": "λ of the second reward."}),
+        "dino_reward_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                         "tooltip": "λ of DINO similarity to the references *through the "
+                                                    "critic* (0 = off; dino_weight is the direct term)."}),
+        "critic_update_every": ("INT", {"default": 1, "min": 1, "max": 1000,
+                                        "tooltip": "Critic update interval: score x̂0 and update the critic "
+                                                   "every K steps (scoring cost is logged as reward_s)."}),
+        "critic_target": (["regression", "td"], {"default": "regression", "tooltip": "regression: the "
+                          "critic predicts the reward of the decoded x̂0; td: the paper's cumulative "
+                          "target r + γ·Q(next state) along the denoising chain."}),
+    }
+
+
 def weight_inputs() -> dict:
     """The term-weight widgets shared by both DPG nodes (optional inputs, in this order)."""
     from ..trainers.dpg_objective import GAMMA
@@ -190,24 +214,7 @@ class RewardLoopPersonalizeDPG:
                                        "output name's run folder, if any."}),
                 "sample_steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Sampler steps for the "
                                          "sample images and class images."}),
-                "reward": (SCORER, {"tooltip": "A reward (Reward Scorer node) steering the LoRA through a learned "
-                                    "critic Q(x̂0, t): scored on decoded x̂0 every critic_update_every steps; any "
-                                    "reward, differentiable or not. Off when not connected."}),
-                "reward_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                            "tooltip": "λ of that reward (z-scored over the critic's reward cache; "
-                                                       "the paper uses 0.1 or 1)."}),
-                "reward_2": (SCORER, {"tooltip": "A second reward, weighted with it (FineRewards' assemble idea)."}),
-                "reward_2_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                              "tooltip": "λ of the second reward."}),
-                "dino_reward_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01,
-                                                 "tooltip": "λ of DINO similarity to the references *through the "
-                                                            "critic* (0 = off; dino_weight is the direct term)."}),
-                "critic_update_every": ("INT", {"default": 1, "min": 1, "max": 1000,
-                                                "tooltip": "Critic update interval: score x̂0 and update the critic "
-                                                           "every K steps (scoring cost is logged as reward_s)."}),
-                "critic_target": (["regression", "td"], {"default": "regression", "tooltip": "regression: the "
-                                  "critic predicts the reward of the decoded x̂0; td: the paper's cumulative "
-                                  "target r + γ·Q(next state) along the denoising chain."}),
+                **reward_inputs(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -7,7 +7,8 @@ import torch
 
 from .. import bridge
 from ._common import CATEGORY
-from .dpg import PRESET_CHOICES, _plot_tensor, dino_choices, weight_inputs, weights_from_inputs
+from .dpg import (PRESET_CHOICES, _plot_tensor, _reward_summary, dino_choices, reward_config, reward_inputs,
+                  weight_inputs, weights_from_inputs)
 
 log = logging.getLogger("rewardloop")
 
@@ -93,6 +94,7 @@ class RewardLoopPersonalizeInGraphDPG:
                                        "steps (0 = only on interrupt)."}),
                 "sample_steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Sampler steps for the "
                                          "samples and the generated class images."}),
+                **reward_inputs(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -102,7 +104,9 @@ class RewardLoopPersonalizeInGraphDPG:
               targets="attention", train_text_encoder="preset", training_dtype="preset",
               gradient_checkpointing="preset", offload="preset", dreambooth_weight=-1.0, prior_weight=1.0,
               look_forward_weight=-1.0, critic_weight=-1.0, dino_weight=-1.0, gamma=None, dino_model="dino-vits16",
-              resume=True, save_every=100, sample_steps=20, unique_id=None):
+              resume=True, save_every=100, sample_steps=20, reward=None, reward_weight=1.0, reward_2=None,
+              reward_2_weight=1.0, dino_reward_weight=0.0, critic_update_every=1, critic_target="regression",
+              unique_id=None):
         from ..trainers import comfy_graph as G
         G.check_inputs(references, trigger, class_prompt, instance_prompt, resolution, output_name, overwrite)
         if class_images is not None:
@@ -110,6 +114,8 @@ class RewardLoopPersonalizeInGraphDPG:
             check_finite(class_images, "class IMAGE")
         weights = weights_from_inputs(loss_mode, dreambooth_weight, prior_weight, look_forward_weight, critic_weight,
                                       dino_weight, gamma)
+        critic = reward_config([(reward, reward_weight), (reward_2, reward_2_weight)], dino_reward_weight,
+                               critic_update_every, critic_target)
         dev = model.load_device if hasattr(model, "load_device") else bridge.get_device()
         cfg = G.config_from_preset(preset, torch.device(dev), steps=int(steps), lr=float(lr),
                                    rank=int(rank) or None, targets=targets, seed=int(seed),
@@ -123,13 +129,13 @@ class RewardLoopPersonalizeInGraphDPG:
                 model, clip, vae, references, trigger, class_prompt, instance_prompt=instance_prompt or None,
                 class_images=class_images, num_class_images=int(num_class_images), out_name=output_name,
                 overwrite=bool(overwrite), mode=loss_mode, weights=weights, cfg=cfg, resolution=int(resolution),
-                resume=bool(resume), progress=bar, dino_model=dino_model)
+                resume=bool(resume), progress=bar, dino_model=dino_model, reward=critic)
         finally:
             bar.close()
         plot = _plot_tensor(res.loss_plot) if res.loss_plot else torch.zeros(1, 64, 64, 3)
         if samples is None:
             samples = torch.zeros(1, 64, 64, 3)
-        ui = {"text": [f"{res.lora_name} ({res.steps_done} steps)"]}
+        ui = {"text": [f"{res.lora_name} ({res.steps_done} steps)" + _reward_summary(res.log_csv)]}
         return {"ui": ui, "result": (res.model, res.clip, res.lora_name, samples, plot)}
 
 

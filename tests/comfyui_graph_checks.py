@@ -5,7 +5,8 @@
 rectified flow (core ModelSamplingSD3, shift 3), it runs ``comfy_graph.predict_x0`` (the trainer's own forward:
 noise_scaling → ComfyUI's guider → calculate_denoised) with a hook that captures the diffusion model's raw output,
 and writes x0, ε, σ, x_t, the raw output, x̂0, the trainer's native MSE and γ-timestep; tests/test_comfy_graph.py
-checks them against the formulas by hand. With a 4th argument ``resume``: :func:`resume_check`.
+checks them against the formulas by hand, with the td target's chain step (:func:`comfy_graph.chain_step`) from
+the true x0. With a 4th argument ``resume``: :func:`resume_check`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ import sys
 
 def resume_check(comfy_path: str, ckpt: str, out: str) -> None:
     """Interrupt after step 2 of 3 (a progress callback raises like ComfyUI's interrupt), queue again: the resumed
-    LoRA must equal an uninterrupted run's, and the loaded model's weights must be exactly as before training."""
+    LoRA must equal an uninterrupted run's, and the loaded model's weights must be exactly as before training.
+
+    The runs have the paper's critic and a reward through the learned reward critic (a deterministic brightness
+    scorer, the td target, warm-up 1 so the actor term is on from the second step); one more run without the reward
+    shows that the reward changed the LoRA."""
     sys.path.insert(0, comfy_path)
     import os
     import tempfile
@@ -28,6 +33,9 @@ def resume_check(comfy_path: str, ckpt: str, out: str) -> None:
 
     from rewardloop import bridge
     from rewardloop.trainers import comfy_graph as G
+    from rewardloop.trainers import reward_critic as RC
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _fake_rewards as FR
     tmp = tempfile.mkdtemp()
     folder_paths.set_output_directory(tmp)
     folder_paths.folder_names_and_paths["loras"] = ([os.path.join(tmp, "loras")], {".safetensors"})
@@ -45,14 +53,20 @@ def resume_check(comfy_path: str, ckpt: str, out: str) -> None:
             if self.i == self.n:
                 raise bridge.Interrupted("test interrupt")
 
-    def train(name, progress=None, resume=True):
+    def train(name, progress=None, resume=True, reward=True):
         cfg = G.GraphTrainConfig(steps=3, rank=2, lr=0.05, seed=5, save_every=0, gradient_checkpointing=False)
+        rc = RC.RewardCriticConfig(rewards=[RC.RewardSpec("brightness", 1.0, scorer=FR.make_scorer())],
+                                   target="td", warmup=1, td_hop=100, iters=2) if reward else None
         with torch.inference_mode():
             res, _ = G.personalize_in_graph(model, clip, vae, refs, "sks", "a photo of a dog", num_class_images=0,
                                             out_name=name, overwrite=True, mode="critic", cfg=cfg, resolution=64,
-                                            resume=resume, progress=progress, sample_prompts=[])
+                                            resume=resume, progress=progress, sample_prompts=[], reward=rc)
         return res
     straight = train("straight", resume=False)
+    plain = train("plain", resume=False, reward=False)
+    import csv
+    with open(straight.log_csv) as f:
+        log_rows = list(csv.DictReader(f))
     interrupted = False
     try:
         train("resumed", progress=StopAt(2), resume=False)
@@ -62,7 +76,10 @@ def resume_check(comfy_path: str, ckpt: str, out: str) -> None:
     resumed = train("resumed")
     diff = max(float((straight.lora_sd[k].float() - resumed.lora_sd[k].float()).abs().max()) for k in straight.lora_sd)
     moved = max(float((model.model.state_dict()[k].float() - v.float()).abs().max()) for k, v in before.items())
-    json.dump({"interrupted": interrupted, "checkpoints": ck, "resumed_steps": resumed.steps_done,
+    by_reward = max(float((straight.lora_sd[k].float() - plain.lora_sd[k].float()).abs().max())
+                    for k in straight.lora_sd)
+    json.dump({"log": log_rows, "reward_vs_plain_max_diff": by_reward,
+               "interrupted": interrupted, "checkpoints": ck, "resumed_steps": resumed.steps_done,
                "losses_straight": straight.losses, "losses_resumed": resumed.losses, "lora_max_diff": diff,
                "lora_keys": len(straight.lora_sd), "model_max_change": moved}, open(out, "w"))
 
@@ -99,9 +116,13 @@ def main(comfy_path: str, ckpt: str, out: str) -> None:
         with torch.inference_mode(False):
             native = G.native_mse(ms, sig, x0_hat, x0)
             t = G.paper_timestep(ms, sig)
+            sig2, eps_hat, t2 = G.chain_step(ms, sig, x_t, x0, t, 150)   # from the true x0: ε̂ must be the noise
+            roundtrip = G.sigma_at(ms, t)
         res[name] = {"sigma": sig.tolist(), "index": idx.tolist(), "x0": x0.tolist(), "noise": noise.tolist(),
                      "x_t": x_t.tolist(), "raw": raw[-1].tolist(), "x0_hat": x0_hat.tolist(),
                      "native": native.tolist(), "t": t.tolist(), "sigma_min": float(ms.sigma_min),
+                     "chain_sigma": sig2.tolist(), "chain_eps": eps_hat.tolist(), "chain_t": t2.tolist(),
+                     "sigma_roundtrip": roundtrip.tolist(), "table_sigma_minus_150": ms.sigmas[idx - 150].tolist(),
                      "sigma_max": float(ms.sigma_max), "sigma_data": float(getattr(ms, "sigma_data", 1.0)),
                      "type": type(ms).__name__}
     with open(out, "w") as f:

@@ -63,6 +63,39 @@ def test_presets_map_to_in_graph_switches():
         G.GraphTrainConfig(targets="everything").validate()
 
 
+def test_in_graph_node_takes_reward_sockets_after_its_old_inputs(monkeypatch, out_env):
+    """Saved workflows keep their widget positions; connected scorers become one RewardCriticConfig (checked
+    before any model work) handed to the trainer."""
+    import rewardloop
+    from _fake_rewards import make_scorer
+    node_cls = rewardloop.NODE_CLASS_MAPPINGS["RewardLoopPersonalizeInGraphDPG"]
+    opt = list(node_cls.INPUT_TYPES()["optional"])
+    i = opt.index("sample_steps") + 1
+    assert opt[i:] == ["reward", "reward_weight", "reward_2", "reward_2_weight", "dino_reward_weight",
+                       "critic_update_every", "critic_target"]
+    got = {}
+
+    def fake(*a, **k):
+        got.update(k)
+        raise RuntimeError("stop before training")
+    monkeypatch.setattr(G, "personalize_in_graph", fake)
+    monkeypatch.setenv("REWARDLOOP_MODELS", str(out_env / "models"))
+    args = (None, None, None, torch.rand(1, 64, 64, 3), "sks", "a photo of a dog", 2, 1e-4, 4, "look_forward", 64, 0,
+            "dpg/x", False, "cpu")
+    with pytest.raises(RuntimeError, match="stop before training"):
+        node_cls().train(*args, reward=make_scorer(), reward_weight=0.5, dino_reward_weight=1.0,
+                         critic_update_every=3, critic_target="td")
+    rc = got["reward"]
+    assert [(s.label, s.weight) for s in rc.rewards] == [("brightness", 0.5), ("dino", 1.0)]
+    assert (rc.every, rc.target) == (3, "td")
+    got.clear()
+    with pytest.raises(RuntimeError, match="stop before training"):
+        node_cls().train(*args)
+    assert got["reward"] is None                       # nothing connected: no reward critic
+    with pytest.raises(ValueError, match="critic target"):
+        node_cls().train(*args, reward=make_scorer(), critic_target="mc")
+
+
 # ---------------------------------------------------------------------------------------------- real ComfyUI
 def _run_checks(tmp: Path, *extra: str) -> dict:
     """tests/comfyui_graph_checks.py with ComfyUI's Python on tiny-sd15-single; its JSON.
@@ -95,15 +128,39 @@ def graph_checks(tmp_path_factory, comfy):
             for k, v in res.items()}
 
 
+@pytest.fixture(scope="module")
+def resume_checks(tmp_path_factory, comfy):
+    return _run_checks(tmp_path_factory.mktemp("resume_checks"), "resume")
+
+
 @pytest.mark.realhost
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_lora_and_leaves_the_model_untouched(tmp_path, comfy):
-    r = _run_checks(tmp_path, "resume")
+def test_interrupted_run_resumes_to_the_same_lora_and_leaves_the_model_untouched(resume_checks):
+    r = resume_checks
     assert r["interrupted"] and r["checkpoints"] == ["ingraph_step_0000002.pt"], r["checkpoints"]
     assert r["resumed_steps"] == 3 and len(r["losses_resumed"]) == 3
     assert r["losses_resumed"] == pytest.approx(r["losses_straight"], rel=1e-5)
-    assert r["lora_keys"] > 0 and r["lora_max_diff"] < 1e-5   # critic, optimizer and RNG restored too
+    assert r["lora_keys"] > 0 and r["lora_max_diff"] < 1e-5   # critics, reward cache, optimizer and RNG restored too
     assert r["model_max_change"] == 0.0                        # the graph's MODEL weights are exactly as loaded
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
+def test_a_reward_through_the_critic_trains_in_graph(resume_checks):
+    """A deterministic brightness scorer through the reward critic (td target) on the real ComfyUI model: scored
+    every step (cost logged), the critic regressed, the actor term on, and the LoRA differs from the same run
+    without the reward."""
+    r = resume_checks
+    log = r["log"]
+    assert len(log) == 3
+    for row in log:
+        assert 0.0 <= float(row["reward_brightness"]) <= 1.0 and float(row["reward_s"]) > 0, row
+        assert float(row["critic_s"]) > 0 and np.isfinite(float(row["reward_critic_loss"])), row
+    # one cached sample z-scores to 0, which the critic's zero-initialised head already predicts: the regression
+    # has something to learn from the second sample on, and the actor term moves the LoRA from the third step
+    assert float(log[0]["reward_critic_loss"]) == 0.0 and all(float(x["reward_critic_loss"]) > 0 for x in log[1:])
+    assert float(log[0]["reward_q"]) == 0.0 and float(log[-1]["reward_q"]) != 0.0
+    assert r["reward_vs_plain_max_diff"] > 1e-6
 
 
 def _col(a):
@@ -151,3 +208,25 @@ def test_look_forward_x0_is_calculate_denoised_for_flow(graph_checks):
     t_hand = 999 * (c["sigma"] - c["sigma_min"]) / (1 - c["sigma_min"])          # shifted σ on 0..999
     assert np.allclose(c["t"], t_hand, atol=1e-3)
     assert not np.allclose(c["t"], c["index"], atol=1)  # shift 3: not the table index
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["eps", "v", "flow"])
+def test_td_chain_step_follows_the_models_own_schedule(graph_checks, kind):
+    """The td target's next state (comfy_graph.chain_step) from the true x0: ε̂ is the noise that made x_t (ε, v
+    and flow noising alike), t' = t − 150 with −1 where the chain ends, and σ' is σ of that timestep — for the
+    discrete models the table's σ at index − 150; sigma_at inverts paper_timestep for every type (for flow too,
+    where ComfyUI's own ``sigma(timestep)`` would apply the shift a second time)."""
+    c = graph_checks[kind]
+    assert np.allclose(c["chain_eps"], c["noise"], atol=1e-4)
+    assert np.allclose(c["sigma_roundtrip"], c["sigma"], rtol=1e-4)
+    want_t = c["t"] - 150
+    assert np.allclose(c["chain_t"], np.where(want_t >= 0, want_t, -1), atol=1e-3)
+    live = want_t >= 0
+    assert live.tolist() == ([False, True] if kind != "flow" else [c["t"][0] >= 150, True])
+    if kind != "flow":
+        assert np.allclose(c["chain_sigma"][live], c["table_sigma_minus_150"][live], rtol=1e-4)
+    else:   # flow (shift 3): σ' is the σ whose timestep sits 150/999 of the way lower, t = 999·(σ−σmin)/(1−σmin)
+        s_hand = c["sigma_min"] + (want_t[live] / 999) * (1 - c["sigma_min"])
+        assert np.allclose(c["chain_sigma"][live], s_hand, rtol=1e-4)

@@ -87,10 +87,19 @@ def test_in_graph_dpg_trains_reloads_and_changes_the_image(comfy, arch):
             "train_text_encoder": "on" if te else "off"}},
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 4]}},
     }
+    if arch == "sd35":   # a reward through the learned critic, td target (the chain step on a flow schedule)
+        rahf = comfy.build_models({"models": {"r": ["tiny-rahf"]}})
+        assert rahf
+        train["7"] = {"class_type": "RewardLoopScorerFromRegistry", "inputs": {
+            "reward": "rich", "models": "rich_feedback=tiny-rahf", "device": "auto", "dtype": "auto"}}
+        train["5"]["inputs"].update(reward=["7", 0], reward_weight=1.0, critic_update_every=1, critic_target="td")
     train.update(_sample("1", ["5", 0], ["5", 1], f"ig_{arch}_graph", 10))   # the node's MODEL (+CLIP)
     train.update(_sample("1", ["1", 0], ["1", 1], f"ig_{arch}_base", 20))    # the input MODEL, same graph
     hist = comfy.run_ok(train, timeout=1200)
     assert any(f"{name}.safetensors" in t for t in hist["outputs"]["5"]["text"]), hist["outputs"]["5"]
+    if arch == "sd35":   # the node's summary line: the rich scores of the decoded x̂0 and the critic's loss
+        [text] = [t for t in hist["outputs"]["5"]["text"] if name in t]
+        assert "; rewards (last scored): " in text and "overall " in text and "; critic loss " in text, text
     graph, base = _img(comfy, hist, 15), _img(comfy, hist, 25)
     assert np.abs(graph - base).max() > 0, "the node's MODEL samples exactly like the input MODEL"
     lora = comfy.models_root / "loras" / f"{name}.safetensors"

@@ -19,6 +19,12 @@ B(σ) = calculate_denoised(σ, 1, 0).
 model's smallest and largest sigma and put on the paper's 1000-step scale, t = 999·frac (see README,
 "Personalize in Graph": ε/v discrete models t is the DDPM index itself; flow models t ≈ 999·σ).
 
+Rewards through the learned critic (``trainers/reward_critic.py``, the same term as the file-based back-end): x̂0
+is decoded by a copy of the graph's VAE (no gradient) and scored every K steps; the td target's next state on the
+deterministic chain is t' = t − hop on the same 1000-step scale, σ' its sigma (:func:`sigma_at`), ε̂ from x_t and
+x̂0 through the model's own (linear) ``noise_scaling``, and x̂0 at σ' from one more no-grad model call
+(:func:`chain_step`).
+
 ComfyUI is imported only when training runs (``import comfy`` inside the functions).
 """
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 from .. import bridge
 from ..fileio import atomic_save, atomic_write_text, safe_output_path
 from . import dpg_objective as O
+from . import reward_critic as RC
 from . import run_folder
 
 log = logging.getLogger("rewardloop")
@@ -77,6 +84,45 @@ def native_mse(model_sampling, sigma: torch.Tensor, x0_hat: torch.Tensor, x0: to
     """Per-sample MSE in the model's prediction space (ε, v, flow velocity …) from x̂0: mean((x̂0−x0)²)/B(σ)²."""
     b = prediction_scale(model_sampling, sigma, x0).to(x0_hat.device)
     return O.per_sample_mse(x0_hat, x0) / (b.float() ** 2).clamp_min(1e-12)
+
+
+def sigma_at(model_sampling, t: torch.Tensor, iters: int = 60) -> torch.Tensor:
+    """The inverse of :func:`paper_timestep`: σ at paper timestep t (0 … 999) of the model's own schedule.
+
+    Through ``model_sampling.sigma`` where it inverts ``timestep`` on the model's own sigma table (discrete ε/v
+    models: σ of a table index, log-interpolated between; EDM), else by bisection on log σ against ``timestep``
+    (flow models: ComfyUI's ``sigma(timestep)`` applies the shift a second time, so it is not the inverse)."""
+    t = t.float()
+    s_min = _t(model_sampling.sigma_min, t).reshape(1)
+    s_max = _t(model_sampling.sigma_max, t).reshape(1)
+    lo_ts, hi_ts = model_sampling.timestep(s_min).float(), model_sampling.timestep(s_max).float()
+    want = lo_ts + (t / (O.PAPER_TIMESTEPS - 1)).clamp(0, 1) * (hi_ts - lo_ts)
+    table = model_sampling.sigmas.float().to(t.device)
+    if torch.allclose(model_sampling.sigma(model_sampling.timestep(table)).float(), table, rtol=1e-4):
+        return model_sampling.sigma(want).float()
+    lo, hi = s_min.log().expand_as(want).clone(), s_max.log().expand_as(want).clone()
+    for _ in range(int(iters)):
+        mid = (lo + hi) / 2
+        below = model_sampling.timestep(mid.exp()).float() < want
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return ((lo + hi) / 2).exp()
+
+
+def chain_step(model_sampling, sigma: torch.Tensor, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor,
+               hop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One deterministic (DDIM, η = 0) step back along the denoising chain, for any prediction type.
+
+    ``noise_scaling`` is linear, x_t = a(σ)·ε + b(σ)·x0, so ε̂ = (x_t − b(σ)·x̂0)/a(σ); the next state is
+    x_{t'} = noise_scaling(σ', ε̂, x̂0) with t' = t − hop. Returns (σ', ε̂, t'), t' = −1 where the chain ends."""
+    like = x0_hat.float()
+    sig = sigma.float().to(like.device)
+    one, zero = torch.ones_like(like[:, :1]), torch.zeros_like(like[:, :1])
+    a = model_sampling.noise_scaling(sig, one, zero, False)
+    b = model_sampling.noise_scaling(sig, zero, one, False)
+    eps_hat = (x_t.float() - b * like) / a
+    t2 = t.float() - float(hop)
+    sig2 = sigma_at(model_sampling, t2.clamp(min=0).to(like.device))
+    return sig2, eps_hat, torch.where(t2 >= 0, t2, torch.full_like(t2, -1.0))
 
 
 def sample_sigmas(model_sampling, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -467,7 +513,7 @@ class _Job:
 
     def __init__(self, mp, clip_tr, cfg: GraphTrainConfig, weights, run_dir: Path, n_inst: int, n_class: int,
                  inst_text: str, class_text: str, unet_lora: LoraSet, te_lora: LoraSet | None, vae,
-                 ref_feats_fn, progress):
+                 ref_feats_fn, progress, reward: RC.RewardCriticTerm | None = None):
         self.mp, self.clip, self.cfg, self.w, self.run_dir = mp, clip_tr, cfg, weights, run_dir
         self.n_inst, self.n_class = n_inst, n_class
         self.inst_text, self.class_text = inst_text, class_text
@@ -485,12 +531,16 @@ class _Job:
         self.critic_state = None
         self.dino = None
         self.ref_feats = None
+        self.reward = reward
         self.log_csv = run_dir / "log.csv"
 
     # ---------------------------------------------------------------- checkpoints
     def _sig(self) -> dict:
-        return {"model": type(self.mp.model).__name__, "rank": self.cfg.rank, "targets": self.cfg.targets,
-                "te": self.te_lora is not None, "weights": asdict(self.w)}
+        sig = {"model": type(self.mp.model).__name__, "rank": self.cfg.rank, "targets": self.cfg.targets,
+               "te": self.te_lora is not None, "weights": asdict(self.w)}
+        if self.reward is not None:  # only then: runs without rewards keep resuming older checkpoints
+            sig["reward"] = self.reward.settings()
+        return sig
 
     def save(self) -> Path:
         ck = self.run_dir / "checkpoints"
@@ -503,6 +553,7 @@ class _Job:
                  "critic": ({k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()}
                             if self.critic is not None else {}),
                  "critic_opt": self.critic_opt.state_dict() if self.critic_opt is not None else {},
+                 "reward": self.reward.state_dict() if self.reward is not None else {},
                  "sig": json.dumps(self._sig(), sort_keys=True)}
         p = ck / f"ingraph_step_{self.step:07d}.pt"
         atomic_save(p, lambda tmp: torch.save(state, tmp))
@@ -517,8 +568,8 @@ class _Job:
         st = torch.load(cks[-1], map_location="cpu", weights_only=True)
         if st.get("sig") != json.dumps(self._sig(), sort_keys=True):
             raise ValueError(f"The run folder {self.run_dir} holds a checkpoint of different settings (model, rank, "
-                             "targets, text-encoder switch or loss weights): use a new output name, the same "
-                             "settings, or resume off.")
+                             "targets, text-encoder switch, loss weights or rewards): use a new output name, the "
+                             "same settings, or resume off.")
         self.unet_lora.load_state_dict(st["lora"])
         if self.te_lora:
             self.te_lora.load_state_dict(st["lora"])
@@ -527,6 +578,8 @@ class _Job:
         self.gen.set_state(st["gen"])
         self.losses = [float(x) for x in st["losses"].tolist()]
         self.critic_state = (st["critic"], st["critic_opt"]) if st.get("critic") else None
+        if self.reward is not None:
+            self.reward.load_state_dict(st.get("reward") or {})   # applied at its setup (critic, cache, generator)
         log.info("RewardLoop in-graph DPG: resumed %s at step %d", self.run_dir, self.step)
         return True
 
@@ -550,8 +603,26 @@ class _Job:
 
     def _forward(self, model_wrap, conds, x0, sigma, noise_b, extra_args):
         ms = model_wrap.inner_model.model_sampling
-        _x_t, x0_hat, sig = look_forward(model_wrap, conds, x0, sigma, noise_b, extra_args, self.cfg.training_dtype)
+        x_t, x0_hat, sig = look_forward(model_wrap, conds, x0, sigma, noise_b, extra_args, self.cfg.training_dtype)
+        self._last = (x_t, sig)
         return x0_hat, native_mse(ms, sig, x0_hat, x0), paper_timestep(ms, sig)
+
+    def _stash_rewards(self, model_wrap, conds, extra_args, x0, x0_hat, t, idx):
+        """This step's samples for the reward critic (scored after the optimizer step), with the way to their next
+        state on the chain for the td target."""
+        nxt = None
+        if self.reward.cfg.target == "td":
+            ms = model_wrap.inner_model.model_sampling
+            x_t, sig = (v.detach() for v in self._last)
+            x0d, conds_d, hop = x0_hat.detach(), _clone_tensors(conds), int(self.reward.cfg.td_hop)
+
+            def nxt():
+                sig2, eps_hat, t2 = chain_step(ms, sig, x_t, x0d, t.detach(), hop)
+                with torch.no_grad():
+                    _x, x0_next, _s = look_forward(model_wrap, conds_d, x0d, sig2, eps_hat, extra_args,
+                                                   self.cfg.training_dtype)
+                return x0_next, t2
+        self.reward.stash(x0_hat, t, x0, [self.inst_text] * int(x0.shape[0]), idx, nxt)
 
     def _setup_critic(self, latent_image):
         from .dpg import Critic
@@ -576,14 +647,21 @@ class _Job:
         inst_lat, class_lat = latent_image[:self.n_inst], latent_image[self.n_inst:]
         self._setup_critic(latent_image)
         decode = None
-        if self.w.dino > 0:
+        dino_reward = self.reward is not None and any(isinstance(s, RC.DinoSource) for s in self.reward.sources)
+        if self.w.dino > 0 or dino_reward:
             self.ref_feats = self.ref_feats_fn()
+        if self.w.dino > 0 or self.reward is not None:
             fsm = _trainable_copy(self.vae.first_stage_model, latent_image.device)
 
             def decode(x0_hat):
                 z = model_wrap.inner_model.process_latent_out(x0_hat)
                 p = next(fsm.parameters())
                 return fsm.decode(z.to(p.device, p.dtype)).float()
+        if self.reward is not None:
+            for src in self.reward.sources:
+                if isinstance(src, RC.DinoSource):
+                    src.features, src.ref_feats = self.dino, self.ref_feats
+            self.reward.setup(int(latent_image.shape[1]), latent_image.device, int(self.cfg.seed))
         bs = int(self.cfg.batch_size)
         start = time.time()
         first = self.step
@@ -597,12 +675,20 @@ class _Job:
                 eps = torch.randn(x0.shape, generator=self.gen).to(x0.device, x0.dtype)
                 sigma = sample_sigmas(model_wrap.inner_model.model_sampling, bs, self.gen)
                 x0_hat, native, t = self._forward(model_wrap, conds[0], x0, sigma, eps, extra_args)
-                terms = O.instance_loss(self.w, native, x0_hat, x0, t, critic=self.critic, decode=decode,
-                                        dino=self.dino, ref_feats=(self.ref_feats[idx] if self.ref_feats is not None
-                                                                   else None))
-                terms.loss.backward()
-                metrics = dict(terms.metrics)
-                loss = float(terms.loss.detach())
+                terms = O.instance_loss(self.w, native, x0_hat, x0, t, critic=self.critic,
+                                        decode=decode if self.w.dino > 0 else None, dino=self.dino,
+                                        ref_feats=(self.ref_feats[idx] if self.ref_feats is not None and self.w.dino > 0
+                                                   else None))
+                total, metrics = terms.loss, dict(terms.metrics)
+                if self.reward is not None:   # any reward through the learned critic
+                    r_loss, r_metrics = self.reward.actor(x0_hat, t, O.discount(t, self.reward.gamma), ref=x0)
+                    total = total + r_loss
+                    metrics.update(r_metrics)
+                    if self.reward.wants_rewards(self.step):
+                        self._stash_rewards(model_wrap, conds[0], extra_args, x0, x0_hat, t, idx)
+                if total.requires_grad:
+                    total.backward()
+                loss = float(total.detach())
                 if self.n_class and self.w.prior > 0:
                     cidx = torch.randint(0, self.n_class, (bs,), generator=self.gen)
                     cx0 = class_lat[cidx]
@@ -619,6 +705,9 @@ class _Job:
                 self.optimizer.zero_grad(set_to_none=True)
                 if terms.critic_input is not None:
                     metrics["critic_loss"] = O.critic_regression(self.critic, self.critic_opt, terms.critic_input)
+                if self.reward is not None:
+                    with torch.no_grad():
+                        metrics.update(self.reward.update(decode, latent_image.device))
                 self.step += 1
                 self.losses.append(loss)
                 L._append_csv(self.log_csv, {"step": self.step, "loss": loss, **metrics,
@@ -645,16 +734,20 @@ def personalize_in_graph(model, clip, vae, references: torch.Tensor, trigger: st
                          mode: str = "look_forward", weights=None, cfg: GraphTrainConfig | None = None,
                          resolution: int = 512, resume: bool = True, progress=None, dino_model: str = "dino-vits16",
                          center_crop: bool = True, sample_prompts: list[str] | None = None,
-                         run_dir: Path | None = None) -> tuple[GraphTrainResult, torch.Tensor | None]:
+                         run_dir: Path | None = None, reward: RC.RewardCriticConfig | None = None,
+                         reward_models: dict[str, str] | None = None) -> tuple[GraphTrainResult, torch.Tensor | None]:
     """Train a DPG LoRA on the graph's MODEL (+CLIP) and return (result, sample IMAGE batch or None).
 
     The model/clip/vae passed in are never modified: training uses clones of their patchers, and the returned
     MODEL/CLIP are the inputs with the saved LoRA applied exactly as core LoraLoader applies the file.
+    ``reward``: rewards through the learned critic (:mod:`.reward_critic`): scorer objects in its specs (the node's
+    SCORER sockets), registry names (loaded with ``reward_models`` as ROLE → model) or ``dino``.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, instance_prompt,
                                      class_images, num_class_images, out_name, overwrite, mode, weights, cfg,
-                                     resolution, resume, progress, dino_model, center_crop, sample_prompts, run_dir)
+                                     resolution, resume, progress, dino_model, center_crop, sample_prompts, run_dir,
+                                     reward, reward_models)
 
 
 def check_inputs(references, trigger, class_prompt, instance_prompt, resolution, out_name, overwrite):
@@ -673,7 +766,7 @@ def check_inputs(references, trigger, class_prompt, instance_prompt, resolution,
 
 def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, instance_prompt, class_images,
                           num_class_images, out_name, overwrite, mode, weights, cfg, resolution, resume, progress,
-                          dino_model, center_crop, sample_prompts, run_dir):
+                          dino_model, center_crop, sample_prompts, run_dir, reward=None, reward_models=None):
     import comfy.model_management as mm
     import comfy.samplers
     import comfy.sd
@@ -688,6 +781,12 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
     weights.validate()
     cfg = cfg or GraphTrainConfig()
     cfg.validate()
+    reward_term = None
+    if reward is not None:   # checked, and its registry scorers loaded, before any training work
+        reward.validate()
+        reward = replace(reward, gamma=weights.gamma if reward.gamma is None else reward.gamma)
+        reward_term = RC.RewardCriticTerm(reward, RC.build_sources(reward.rewards, models=reward_models))
+    dino_reward = reward is not None and any(s.name == RC.DINO for s in reward.rewards)
     run_dir = Path(run_dir) if run_dir else run_dir_for(Path(out_name).name + "_ingraph")
     with run_folder.claim(run_dir) as claim:  # one run per folder; a failed start leaves nothing behind
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -726,8 +825,8 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
                                   "text_encoders.", fresh_scope=lambda n: n.split(".")[0] in TE_TOWERS,
                                   device=clip_tr.patcher.load_device)
         job = _Job(mp, clip_tr, cfg, weights, run_dir, int(inst_lat.shape[0]), n_class, instance_prompt,
-                   class_prompt if n_class else None, unet_lora, te_lora, vae, None, progress)
-        if weights.dino > 0:
+                   class_prompt if n_class else None, unet_lora, te_lora, vae, None, progress, reward_term)
+        if weights.dino > 0 or dino_reward:
             from .dpg import DINOFeatures
             job.dino = DINOFeatures(dino_model, device=mp.load_device)
 
@@ -753,7 +852,7 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
                 swapped += _swap_inference_vectors(clip_tr.cond_stage_model)
             swapped += _swap_inference_vectors(mp.model.diffusion_model)
             if job.step < cfg.steps:
-                load = [mp] + ([vae.patcher] if weights.dino > 0 else [])
+                load = [mp] + ([vae.patcher] if weights.dino > 0 or reward_term is not None else [])
                 if cfg.offload:
                     mm.load_models_gpu(load)
                 else:
@@ -788,6 +887,8 @@ def _personalize_in_graph(model, clip, vae, references, trigger, class_prompt, i
                 "steps": str(job.step), "objective": json.dumps(asdict(weights)), "resolution": str(res),
                 "seed": str(cfg.seed), "lr": str(cfg.lr), "targets": cfg.targets, "model": type(model.model).__name__,
                 "ss_output_name": Path(out_name).name}
+        if reward_term is not None:
+            meta["rewards"] = json.dumps(reward_term.settings()["rewards"])
         lora_target = safe_output_path(bridge.loras_dir(), out_name, ".safetensors", overwrite)
         lora_target.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(lora_target, lambda tmp: save_file(lora_sd, tmp, metadata=meta))
