@@ -681,7 +681,7 @@ class _Job:
                                                    else None))
                 total, metrics = terms.loss, dict(terms.metrics)
                 if self.reward is not None:   # any reward through the learned critic
-                    r_loss, r_metrics = self.reward.actor(x0_hat, t, O.discount(t, self.reward.gamma), ref=x0)
+                    r_loss, r_metrics = self.reward.actor(x0_hat, t, O.discount(t, self.w.gamma), ref=x0)
                     total = total + r_loss
                     metrics.update(r_metrics)
                     if self.reward.wants_rewards(self.step):
