@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..fileio import atomic_write
 from . import logic
 
 # keywords every nested job needs (the host must accept them) and those passed only where the host has them
@@ -178,7 +179,8 @@ def outer_job_kept(p, processing, shared, sd_models=None, data_path: str | os.Pa
             if params_text is None:
                 params.unlink(missing_ok=True)
             elif not params.is_file() or params.read_bytes() != params_text:
-                params.write_bytes(params_text)
+                with atomic_write(params) as f:   # the outer job's params.txt, never left half-written
+                    f.write(params_text)
 
 
 class WebUIInpaintSampler:
